@@ -1,0 +1,1 @@
+"""prime-megatron: PRIME (Process Reinforcement through Implicit Rewards) on megatron-core."""
