@@ -1,0 +1,111 @@
+"""Building blocks of the advantage estimators: masking, returns, whitening, baselines.
+
+Shapes: B = P*K sequences (the K samples of a prompt adjacent), T response positions,
+``response_mask`` [B, T] bool (True = real response token).
+
+Masked positions are replaced with ``torch.where`` rather than multiplied by the mask,
+so NaN or inf left in padding by an upstream kernel cannot leak in (0 * inf = NaN).
+
+Left out: input validation of the public signatures (done by the callers in prime.py and
+baselines.py with advantage/checks.py) and any notion of prompts other than adjacent groups.
+"""
+from __future__ import annotations
+
+import torch
+
+# Length of the blocks of the discounted scan for gamma < 1: a [C, C] decay matrix per
+# block keeps powers gamma**(s - t) with s - t < C, far from float32 underflow, and the
+# carry loop between blocks runs T / C times instead of T times.
+_SCAN_BLOCK = 64
+
+
+def masked(x: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """``x`` at response tokens, exactly 0 elsewhere (also where ``x`` is NaN/inf)."""
+    return torch.where(response_mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32: returns and variances of 3k-token rows need it."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
+
+
+def masked_mean(x: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over response tokens (0-dim); 0 when the mask is empty."""
+    count = response_mask.sum().clamp(min=1)
+    return masked(x, response_mask).sum() / count
+
+
+def compute_masked_whiten(values: torch.Tensor, response_mask: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """Whiten [B, T] ``values`` over all response tokens of the batch; 0 at padding.
+
+    (x - mean) / sqrt(var + eps) with the unbiased variance (n / (n - 1)) and eps = 1e-8,
+    as ``masked_whiten`` in veRL's torch_functional, which both PRIME references call.
+    """
+    n = response_mask.sum()
+    mean = masked_mean(values, response_mask)
+    centered = masked(values - mean, response_mask)
+    var = centered.square().sum() / (n - 1).clamp(min=1)
+    return centered * torch.rsqrt(var + eps)
+
+
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """Index [B] of the last response token of each row (rows must be non-empty)."""
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
+    return torch.where(response_mask, positions, -1).amax(dim=1)
+
+
+def place_on_last_token(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] tensor holding ``values[b]`` at the last response token of row b, 0 elsewhere."""
+    out = torch.zeros(response_mask.shape, dtype=values.dtype, device=values.device)
+    out.scatter_(1, last_token_index(response_mask).unsqueeze(1), values.unsqueeze(1))
+    return out
+
+
+def compute_leave_one_out_mean(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] mean of the other K-1 members of each sample's group: (sum_group - v_i) / (K-1)."""
+    groups = values.view(-1, group_size)
+    others = groups.sum(dim=1, keepdim=True) - groups
+    return (others / (group_size - 1)).reshape(-1)
+
+
+def compute_group_mean_std(values: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample [B] mean and unbiased std of its group of K."""
+    groups = values.view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True).expand_as(groups)
+    std = groups.std(dim=1, keepdim=True).expand_as(groups)
+    return mean.reshape(-1), std.reshape(-1)
+
+
+def compute_discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, *, gamma: float) -> torch.Tensor:
+    """G_t = sum_{s >= t} gamma**(s - t) * r_s over the positions of each row; 0 at padding.
+
+    Rewards at padding are treated as 0 and the discount counts positions, which is what
+    both PRIME references do (they scan the whole padded row). gamma == 1 is an exact
+    reverse cumulative sum; gamma < 1 uses a blocked scan (see ``_SCAN_BLOCK``).
+    """
+    r = masked(rewards, response_mask)
+    if gamma == 1.0:
+        out = r.flip(-1).cumsum(-1).flip(-1)
+    else:
+        out = _blocked_discounted_scan(r, gamma)
+    return masked(out, response_mask)
+
+
+def _blocked_discounted_scan(r: torch.Tensor, gamma: float) -> torch.Tensor:
+    batch, length = r.shape
+    c = min(_SCAN_BLOCK, length)
+    n_blocks = -(-length // c)
+    padded = torch.nn.functional.pad(r, (0, n_blocks * c - length)).view(batch, n_blocks, c)
+    idx = torch.arange(c, device=r.device, dtype=torch.float64)
+    lag = idx.view(1, -1) - idx.view(-1, 1)  # lag[t, s] = s - t
+    decay = torch.where(lag >= 0, torch.pow(gamma, lag.clamp(min=0)), 0.0).to(r.dtype)
+    local = padded @ decay.T  # local[b, k, t] = sum_{s >= t in block k} gamma**(s-t) r_s
+    # A block's return at offset t also sees the next block's return, discounted by
+    # gamma**(c - t): carry it from the last block backwards.
+    carry_decay = torch.pow(gamma, (c - idx)).to(r.dtype)
+    out = torch.empty_like(local)
+    carry = torch.zeros(batch, dtype=r.dtype, device=r.device)
+    for k in range(n_blocks - 1, -1, -1):
+        out[:, k] = local[:, k] + carry_decay * carry.unsqueeze(1)
+        carry = out[:, k, 0]
+    return out.reshape(batch, -1)[:, :length]
