@@ -1,0 +1,99 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is one dist_checkpointing directory `<dir>/step_<N>` holding the policy, the
+PRM, both optimizers (sharded state, written by every rank) and each rank's RNG states, plus
+`trainer_state.json` (step, prompt-stream cursor, the filter's buffered groups) written by
+rank 0. The directory is written as `step_<N>.tmp` and renamed when complete, and
+`<dir>/latest` (a one-line file, replaced atomically) is updated only after the rename, so a
+crash at any moment leaves the previous checkpoint usable. Older checkpoints beyond
+`keep_last` are deleted after the new one is published.
+
+The reference model is never saved: it is frozen, and reloaded from its init path.
+Left out: changing TP/PP/DP on resume for the optimizer state (models reshard freely; use
+the same layout to resume a run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from prime_megatron.checkpoint.megatron_io import check_checkpoint_dir, save_sharded
+
+STATE_FILE = "trainer_state.json"
+LATEST_FILE = "latest"
+
+
+def _rng_object(parallel):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return ShardedObject("rng_state", state, (parallel.world_size,), (parallel.rank,), replica_id=0)
+
+
+def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool) -> dict:
+    state = {"rng": _rng_object(parallel)}
+    for name, model in models.items():
+        model_sd = model.sharded_state_dict()
+        state[name] = model_sd
+        if name in optimizers:
+            state[f"{name}_optimizer"] = optimizers[name].sharded_state_dict(model_sd, is_loading=is_loading)
+    return state
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    pointer = Path(ckpt_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = Path(ckpt_dir) / pointer.read_text().strip()
+    return check_checkpoint_dir(path)
+
+
+def save_train_checkpoint(ckpt_dir: str | os.PathLike, step: int, *, models: dict, optimizers: dict,
+                          trainer_state: dict, parallel, keep_last: int = 2) -> Path:
+    """Collective. `models`/`optimizers` map a name ("policy", "prm") to megatron objects."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / f"step_{step:08d}"
+
+    def finalize(tmp: Path) -> None:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}))
+
+    save_sharded(_sharded_state(models, optimizers, parallel, is_loading=False), path,
+                 rank=parallel.rank, finalize=finalize)
+    if parallel.rank == 0:
+        tmp_pointer = ckpt_dir / (LATEST_FILE + ".tmp")
+        tmp_pointer.write_text(path.name + "\n")
+        os.replace(tmp_pointer, ckpt_dir / LATEST_FILE)
+        _prune(ckpt_dir, keep_last)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
+
+
+def _prune(ckpt_dir: Path, keep_last: int) -> None:
+    finished = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir() and not p.name.endswith((".tmp", ".old")))
+    for old in finished[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_train_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: dict, parallel) -> dict:
+    """Collective: restore models, optimizers and RNG in place; return the trainer state."""
+    from megatron.core import dist_checkpointing
+
+    path = check_checkpoint_dir(path)
+    loaded = dist_checkpointing.load(_sharded_state(models, optimizers, parallel, is_loading=True), str(path))
+    for name, model in models.items():
+        model.load_state_dict(loaded[name], strict=False)
+        if name in optimizers:
+            optimizers[name].load_state_dict(loaded[f"{name}_optimizer"])
+    rng = loaded["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    return json.loads((path / STATE_FILE).read_text())
