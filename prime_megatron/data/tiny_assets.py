@@ -1,0 +1,177 @@
+"""The tiny CPU example's assets: an arithmetic task, a byte-level BPE tokenizer, a Qwen2 config.
+
+The task is integer arithmetic with two or three terms of 0..99 joined by ``+``/``-``
+(``Compute 47+38-15.``). The worked response writes one partial result per line
+and ends with ``\\boxed{answer}``, which the real math verifier grades. Two-digit
+carries and borrows, and the chained three-term problems, make the task hard for a
+sub-million-parameter model after a short supervised warm-up, yet every step is
+local enough that a rise under RL is reachable on 2 CPU cores in minutes.
+
+Splits are disjoint by expression: ``val`` (held out), ``train`` (RL prompts) and
+``sft`` (warm-up pairs). Everything is a pure function of the seed and the files
+are written byte-for-byte reproducibly, so a test can regenerate and compare.
+
+Deliberately left out: model weights (``prime-megatron sft`` creates them from
+``config.json``) and any natural-language variety in the prompts.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+DATA_SOURCE = "arithmetic"
+SPLIT_SIZES = {"val": 200, "train": 3000, "sft": 2000}
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Whole-word tokens, built by BPE merges, for words every prompt or response carries.
+MERGED_WORDS = ("system", "user", "assistant", "Compute", "\\boxed")
+# Qwen2's pre-tokenizer split (digits one by one), so that transformers' Qwen2Tokenizer, which
+# AutoTokenizer picks for a qwen2 config.json, rebuilds exactly this tokenizer.
+QWEN2_SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                     r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
+# ChatML, as Qwen2 models use; the generation prompt opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def compute_problem(rng: random.Random) -> tuple[str, list[int], list[str]]:
+    """One random problem: its expression text, the operands and the operators."""
+    num_terms = 2 if rng.random() < 0.6 else 3
+    operands = [rng.randint(0, 99) for _ in range(num_terms)]
+    ops = [rng.choice("+-") for _ in range(num_terms - 1)]
+    expr = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:]))
+    return expr, operands, ops
+
+
+def compute_worked_solution(operands: list[int], ops: list[str]) -> tuple[str, int]:
+    """Left-to-right partial results, one per line, then ``\\boxed{result}``."""
+    lines, acc = [], operands[0]
+    for op, x in zip(ops, operands[1:]):
+        new = acc + x if op == "+" else acc - x
+        lines.append(f"{acc}{op}{x}={new}")
+        acc = new
+    lines.append(f"\\boxed{{{acc}}}")
+    return "\n".join(lines), acc
+
+
+def _prompt_messages(expr: str) -> list[dict]:
+    return [{"role": "user", "content": f"Compute {expr}."}]
+
+
+def generate_splits(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, list[dict]]:
+    """Rows for each split; no expression appears in two splits (or twice in one)."""
+    rng, seen = random.Random(seed), set()
+    splits: dict[str, list[dict]] = {}
+    for split, size in sizes.items():
+        rows = []
+        while len(rows) < size:
+            expr, operands, ops = compute_problem(rng)
+            if expr in seen:
+                continue
+            seen.add(expr)
+            response, answer = compute_worked_solution(operands, ops)
+            rows.append(_make_row(split, len(rows), expr, response, answer))
+        splits[split] = rows
+    return splits
+
+
+def _make_row(split: str, index: int, expr: str, response: str, answer: int) -> dict:
+    if split == "sft":
+        return {"prompt": _prompt_messages(expr), "response": response}
+    return {"data_source": DATA_SOURCE, "prompt": _prompt_messages(expr), "ability": "math",
+            "reward_model": {"ground_truth": str(answer), "style": "rule"},
+            "extra_info": {"split": split, "index": index}}
+
+
+def _byte_symbol(b: int) -> str:
+    """GPT-2 byte-level symbol of byte ``b``: printable ASCII is itself, 0..32 map to 256 + b."""
+    return chr(b) if 33 <= b <= 126 else chr(256 + b)
+
+
+def compute_merges(words=MERGED_WORDS) -> list[tuple[str, str]]:
+    """Left-to-right merge chains (``C o``, ``Co m``, ...) making each word one token."""
+    merges = []
+    for word in words:
+        symbols = [_byte_symbol(b) for b in word.encode()]
+        for i in range(1, len(symbols)):
+            merges.append(("".join(symbols[:i]), symbols[i]))
+    return merges
+
+
+def build_tokenizer():
+    """A Qwen2-style byte-level BPE over printable ASCII, tab and newline (about 120 tokens)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    symbols = [_byte_symbol(b) for b in (9, 10, 32, *range(33, 127))]
+    merges = compute_merges()
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL_TOKENS, *symbols, *(a + b for a, b in merges)):
+        vocab.setdefault(token, len(vocab))
+    # Bytes outside the alphabet (non-ASCII) have no symbol and are dropped, as the tiny task never
+    # produces them; a general tokenizer would carry all 256.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tok
+
+
+def tokenizer_config(model_max_length: int) -> dict:
+    return {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "bos_token": None, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": None,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def model_config(vocab_size: int, *, eos_id: int, pad_id: int) -> dict:
+    """A Qwen2 config.json of about 0.8M parameters (4 layers, hidden 128, GQA 4:2, qkv bias)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 384,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "hidden_act": "silu", "max_position_embeddings": 256, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "attention_dropout": 0.0,
+        "use_sliding_window": False, "initializer_range": 0.02,
+        "bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": pad_id, "torch_dtype": "float32",
+    }
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_assets(seed: int = 0) -> dict[str, str]:
+    """File name -> exact file text of every tiny asset."""
+    tok = build_tokenizer()
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    config = model_config(vocab_size, eos_id=tok.token_to_id(EOS_TOKEN), pad_id=tok.token_to_id(PAD_TOKEN))
+    files = {f"{split}.jsonl": _jsonl(rows) for split, rows in generate_splits(seed).items()}
+    files["tokenizer.json"] = tok.to_str(pretty=True) + "\n"
+    files["tokenizer_config.json"] = _json(tokenizer_config(config["max_position_embeddings"]))
+    files["config.json"] = _json(config)
+    return files
+
+
+def write_assets(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in render_assets(seed).items():
+        path = out_dir / name
+        path.write_text(text)
+        paths.append(path)
+    return paths
