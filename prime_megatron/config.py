@@ -291,15 +291,24 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(dotted: str, source: str) -> ConfigError:
+def _closest_key(dotted: str) -> str | None:
+    """Best guess for a wrong key: the same name in another section, a close sibling, or anything close."""
     valid = _all_keys(Config)
-    match = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
-    if not match:  # a misspelt leaf under a misplaced section: match on the last component
-        leaf = dotted.rsplit(".", 1)[-1]
-        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
-        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
-        match = [by_leaf[close[0]]] if close else []
-    hint = f"; did you mean '{match[0]}'?" if match else ""
+    section, _, leaf = dotted.rpartition(".")
+    elsewhere = [k for k in valid if k.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return elsewhere[0]
+    siblings = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return siblings[close[0]]
+    close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key_error(dotted: str, source: str) -> ConfigError:
+    match = _closest_key(dotted)
+    hint = f"; did you mean '{match}'?" if match else ""
     return ConfigError(f"unknown config key '{dotted}' in {source}{hint}")
 
 
@@ -313,7 +322,7 @@ def _merge(obj: Any, raw: dict, *, prefix: str, source: str) -> None:
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{dotted}' in {source}: expected a mapping (section), got {value!r}")
+                raise ConfigError(f"config key '{dotted}': expected a mapping (section), got {value!r} in {source}")
             _merge(getattr(obj, name), value, prefix=dotted + ".", source=source)
         else:
             try:
