@@ -14,12 +14,13 @@ Left out: asynchronous (off-policy) rollout and per-prompt adaptive K.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 
 from prime_megatron.data.loader import TokenizedPrompt
+from prime_megatron.data.schema import PromptRecord
 from prime_megatron.reward.filter import filter_groups
 from prime_megatron.rollout.types import Sample, SamplingParams
 from prime_megatron.update.batch import SequenceBatch
@@ -91,10 +92,13 @@ class BatchCollector:
     drop_truncated: bool = False
     max_rounds: int = 8
     buffer: list[Group] = field(default_factory=list)
+    rounds: int = 0  # rollout rounds so far; seeds each round, so a resumed run samples the same
 
     def _round(self, metrics: dict) -> None:
         prompts = self.stream.next_batch(self.batch_prompts)
-        samples = self.engine.generate([list(p.prompt_ids) for p in prompts], self.params)
+        params = replace(self.params, seed=self.params.seed * 1_000_003 + self.rounds)
+        self.rounds += 1
+        samples = self.engine.generate([list(p.prompt_ids) for p in prompts], params)
         k = self.params.n
         scores, failures = _broadcast_from_rank0(self.score_fn(prompts, samples) if _is_rank0() else None)
         groups = [Group(p, samples[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]) for i, p in enumerate(prompts)]
@@ -139,6 +143,21 @@ class BatchCollector:
             metrics["rollout/accuracy_after_filter"] = sum(s for g in taken for s in g.scores) / sum(
                 len(g.scores) for g in taken)
         return taken, metrics
+
+
+def groups_to_state(groups: list[Group]) -> list[dict]:
+    """JSON-ready form of buffered groups, for the training checkpoint."""
+    return [{"record": asdict(g.prompt.record), "prompt_ids": list(g.prompt.prompt_ids),
+             "samples": [asdict(s) for s in g.samples], "scores": list(g.scores)} for g in groups]
+
+
+def groups_from_state(state: list[dict]) -> list[Group]:
+    groups = []
+    for item in state:
+        record = dict(item["record"], messages=tuple(item["record"]["messages"]))
+        prompt = TokenizedPrompt(PromptRecord(**record), tuple(item["prompt_ids"]))
+        groups.append(Group(prompt, [Sample(**s) for s in item["samples"]], list(item["scores"])))
+    return groups
 
 
 def _is_rank0() -> bool:

@@ -81,11 +81,15 @@ def update_prm(prm, optimizer, batch: RolloutBatch, ref_logprobs: torch.Tensor, 
         loss = compute_prm_loss(logprobs, ref[index, :width], mask[index, :width], labels[index],
                                 beta=reward_cfg.beta, loss_type=loss_type, group_size=batch.group_size)
         # compute_prm_loss means over its rows; weight by the micro-batch's share of the batch.
-        return loss * (len(index) / num_rows), {"prm/loss": loss.detach() * (len(index) / num_rows)}
+        return loss * (len(index) / num_rows), {}
 
-    metrics, local = train_on_batch(prm, optimizer, local_batch, loss_fn, parallel=parallel,
-                                    micro_batch_size=_group_aligned(update_cfg.micro_batch_size, batch.group_size),
-                                    return_logprobs=True)
+    # The pairwise loss compares samples of one prompt, and the forward sorts rows by length,
+    # so it runs the dp slice as one micro-batch; the CE loss is per sequence and micro-batches freely.
+    mbs = num_rows if loss_type == "pairwise" else update_cfg.micro_batch_size
+    result = train_on_batch(prm, optimizer, local_batch, loss_fn, parallel=parallel, micro_batch_size=mbs,
+                            return_logprobs=True)
+    local = result.pop("logprobs")
+    metrics = {"prm/loss": result["loss"], "prm/grad_norm": result["grad_norm"]}
     if reward_cfg.prm_update == "before":
         prm_logprobs = forward_logprobs(prm, batch, parallel=parallel, micro_batch_size=update_cfg.micro_batch_size)
     else:
@@ -94,12 +98,7 @@ def update_prm(prm, optimizer, batch: RolloutBatch, ref_logprobs: torch.Tensor, 
         prm_logprobs = _gather_dp(local, parallel=parallel) * batch.response_mask
     metrics["prm/ranking_accuracy"] = float(compute_prm_ranking_accuracy(
         prm_logprobs, ref_logprobs, batch.response_mask, batch.outcome_rewards, group_size=batch.group_size))
-    return prm_logprobs, {k if "/" in k else f"prm/{k}": float(v) for k, v in metrics.items()}
-
-
-def _group_aligned(micro_batch_size: int, group_size: int) -> int:
-    """The pairwise PRM loss compares samples of one prompt, so micro-batches hold whole groups."""
-    return max(group_size, micro_batch_size // group_size * group_size)
+    return prm_logprobs, metrics
 
 
 def compute_step_advantages(algorithm: str, batch: RolloutBatch, process_rewards: torch.Tensor | None, *,
@@ -127,33 +126,33 @@ def update_policy(policy, optimizer, batch: RolloutBatch, old_logprobs: torch.Te
     totals: dict[str, list[float]] = {}
     for _ in range(update_cfg.ppo_epochs):
         for mini in rows.chunk(update_cfg.ppo_mini_batches):
-            num_tokens = float(mask[mini].sum())
-            loss_fn = _ppo_loss_fn(mini, old_logprobs, advantages, mask, ref_logprobs, num_tokens, update_cfg)
-            metrics = train_on_batch(policy, optimizer, batch.sequences.select(mini), loss_fn, parallel=parallel,
-                                     micro_batch_size=update_cfg.micro_batch_size)
-            for key, value in metrics.items():
+            loss_fn = _ppo_loss_fn(mini, old_logprobs, advantages, mask, ref_logprobs, update_cfg)
+            result = train_on_batch(policy, optimizer, batch.sequences.select(mini), loss_fn, parallel=parallel,
+                                    micro_batch_size=update_cfg.micro_batch_size, with_entropy=True)
+            for key, value in result.items():
                 totals.setdefault(key if "/" in key else f"policy/{key}", []).append(float(value))
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def _ppo_loss_fn(mini, old_logprobs, advantages, mask, ref_logprobs, num_tokens, update_cfg):
+def _ppo_loss_fn(mini, old_logprobs, advantages, mask, ref_logprobs, update_cfg):
+    """PPO loss over one mini-batch, split into micro-batches that sum to the mini-batch loss."""
+    mini_mask = mask[mini]
+    denominator = float(mini_mask.sum()) if update_cfg.loss_agg == "token-mean" else float((mini_mask.sum(1) > 0).sum())
+    num_tokens = float(mini_mask.sum())
+
     def loss_fn(logprobs, entropy, index):
         rows, width = mini[index], logprobs.shape[1]
         m = mask[rows, :width]
-        share = float(m.sum()) / num_tokens
         loss, stats = compute_policy_loss(logprobs, old_logprobs[rows, :width], advantages[rows, :width], m,
                                           clip_ratio=update_cfg.clip_ratio, clip_ratio_high=update_cfg.clip_ratio_high,
-                                          loss_agg=update_cfg.loss_agg)
-        loss = loss * share  # token-weighted share of the mini-batch
-        metrics = {f"policy/{k}": v.detach() * share for k, v in stats.items()}
-        metrics["policy/loss"] = loss.detach()
+                                          loss_agg=update_cfg.loss_agg, global_denominator=denominator)
+        metrics = {f"policy/{k}": v.detach() for k, v in stats.items()}
         if entropy is not None:
-            token_entropy = (entropy * m).sum() / m.sum().clamp(min=1)
-            metrics["policy/entropy"] = token_entropy.detach() * share
+            metrics["policy/entropy"] = ((entropy * m).sum() / m.sum().clamp(min=1)).detach()
             if update_cfg.entropy_coef:
-                loss = loss - update_cfg.entropy_coef * token_entropy * share
+                loss = loss - update_cfg.entropy_coef * (entropy * m).sum() / num_tokens
         if update_cfg.kl_coef and ref_logprobs is not None:
-            kl = (compute_kl(logprobs, ref_logprobs[rows, :width], "k3") * m).sum() / m.sum().clamp(min=1)
-            loss = loss + update_cfg.kl_coef * kl * share
+            kl = compute_kl(logprobs, ref_logprobs[rows, :width], "k3", response_mask=m)
+            loss = loss + update_cfg.kl_coef * kl.sum() / num_tokens
         return loss, metrics
     return loss_fn
