@@ -23,10 +23,11 @@ def check_response_mask(response_mask: torch.Tensor, *, name: str = "response_ma
         raise ValueError(f"{name} must be a 2-D tensor of shape [B, T]; got {got}")
     if response_mask.dtype == torch.bool:
         return response_mask
-    if not bool(((response_mask == 0) | (response_mask == 1)).all()):
+    as_bool = response_mask.bool()
+    if not torch.equal(as_bool.to(response_mask.dtype), response_mask):  # fails for any value but 0/1
         bad = response_mask[(response_mask != 0) & (response_mask != 1)][0].item()
         raise ValueError(f"{name} must hold only 0 and 1 (1 = real response token); found {bad}")
-    return response_mask.bool()
+    return as_bool
 
 
 def check_token_tensor(x: torch.Tensor, name: str, response_mask: torch.Tensor) -> None:

@@ -49,12 +49,11 @@ import torch
 from prime_megatron.advantage import checks
 from prime_megatron.advantage.returns import (
     as_float,
-    compute_discounted_returns,
     compute_leave_one_out_mean,
-    compute_masked_whiten,
+    discounted_returns_zero_padded,
     last_token_index,
     masked,
-    place_on_last_token,
+    whiten_zero_padded,
 )
 
 PROCESS_LOO_FORMS = ("paper", "scaled")
@@ -86,15 +85,16 @@ def _process_rloo(rewards, mask, group_size, process_loo, last_token_process_rew
     counts = checks.check_nonempty_rows(mask)
     r = masked(rewards, mask)
     if not last_token_process_reward:
-        r = r.scatter(1, last_token_index(mask).unsqueeze(1), 0.0)
+        r.scatter_(1, last_token_index(mask).unsqueeze(1), 0.0)
     sample_mean = r.sum(dim=1) / counts
     k = group_size
     if process_loo == "paper":
-        token_values, baseline = r, compute_leave_one_out_mean(sample_mean, k)
+        baseline = compute_leave_one_out_mean(sample_mean, k)
     else:
-        group_sum = sample_mean.view(-1, k).sum(dim=1, keepdim=True).expand(-1, k).reshape(-1)
-        token_values, baseline = r * (k / (k - 1)), group_sum / (k - 1)
-    return masked(token_values - baseline.unsqueeze(1), mask)
+        r.mul_(k / (k - 1))
+        baseline = sample_mean.view(-1, k).sum(dim=1, keepdim=True).expand(-1, k).reshape(-1) / (k - 1)
+    # r is 0 at padding; subtracting the baseline only at response tokens keeps it so.
+    return r.sub_(baseline.unsqueeze(1) * mask)
 
 
 def compute_prime_advantages(
@@ -133,11 +133,19 @@ def compute_prime_advantages(
     checks.check_scalar(process_coef, "process_coef", low=-float("inf"))
     checks.check_scalar(outcome_coef, "outcome_coef", low=-float("inf"))
 
-    process = _process_rloo(as_float(process_rewards), mask, group_size, process_loo, last_token_process_reward)
-    outcome = as_float(outcome_rewards)
-    outcome_rloo = outcome - compute_leave_one_out_mean(outcome, group_size)
-    outcome_tokens = place_on_last_token(outcome_rloo.to(process.dtype), mask)
-
-    returns = compute_discounted_returns(process * process_coef, mask, gamma=gamma)
-    returns = returns + compute_discounted_returns(outcome_tokens * outcome_coef, mask, gamma=outcome_gamma)
-    return compute_masked_whiten(returns, mask) if whiten else returns
+    with torch.no_grad():  # advantages are constants of the policy loss
+        process = _process_rloo(as_float(process_rewards), mask, group_size, process_loo, last_token_process_reward)
+        outcome = as_float(outcome_rewards).to(process.dtype)
+        outcome_rloo = outcome - compute_leave_one_out_mean(outcome, group_size)
+        float_mask = mask.to(process.dtype)
+        last = last_token_index(mask).unsqueeze(1)
+        rewards = process.mul_(process_coef)
+        if outcome_gamma == gamma:
+            # One scan for both sources: the discounted return is linear in the rewards.
+            rewards.scatter_add_(1, last, (outcome_coef * outcome_rloo).unsqueeze(1))
+            returns = discounted_returns_zero_padded(rewards, float_mask, gamma=gamma)
+        else:
+            outcome_tokens = torch.zeros_like(rewards).scatter_(1, last, (outcome_coef * outcome_rloo).unsqueeze(1))
+            returns = discounted_returns_zero_padded(rewards, float_mask, gamma=gamma)
+            returns += discounted_returns_zero_padded(outcome_tokens, float_mask, gamma=outcome_gamma)
+        return whiten_zero_padded(returns, float_mask) if whiten else returns

@@ -41,11 +41,16 @@ def compute_masked_whiten(values: torch.Tensor, response_mask: torch.Tensor, *, 
     (x - mean) / sqrt(var + eps) with the unbiased variance (n / (n - 1)) and eps = 1e-8,
     as ``masked_whiten`` in veRL's torch_functional, which both PRIME references call.
     """
-    n = response_mask.sum()
-    mean = masked_mean(values, response_mask)
-    centered = masked(values - mean, response_mask)
-    var = centered.square().sum() / (n - 1).clamp(min=1)
-    return centered * torch.rsqrt(var + eps)
+    return whiten_zero_padded(masked(values, response_mask), response_mask.to(values.dtype), eps=eps)
+
+
+def whiten_zero_padded(values: torch.Tensor, float_mask: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """``compute_masked_whiten`` for values already 0 at padding and a 0/1 float mask."""
+    n = float_mask.sum()
+    mean = values.sum() / n.clamp(min=1)
+    centered = (values - mean).mul_(float_mask)
+    var = torch.linalg.vecdot(centered.view(-1), centered.view(-1)) / (n - 1).clamp(min=1)
+    return centered.mul_(torch.rsqrt(var + eps))
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
@@ -83,12 +88,16 @@ def compute_discounted_returns(rewards: torch.Tensor, response_mask: torch.Tenso
     both PRIME references do (they scan the whole padded row). gamma == 1 is an exact
     reverse cumulative sum; gamma < 1 uses a blocked scan (see ``_SCAN_BLOCK``).
     """
-    r = masked(rewards, response_mask)
+    return discounted_returns_zero_padded(masked(rewards, response_mask), response_mask.to(rewards.dtype), gamma=gamma)
+
+
+def discounted_returns_zero_padded(rewards: torch.Tensor, float_mask: torch.Tensor, *, gamma: float) -> torch.Tensor:
+    """``compute_discounted_returns`` for rewards already 0 at padding and a 0/1 float mask."""
     if gamma == 1.0:
-        out = r.flip(-1).cumsum(-1).flip(-1)
+        out = rewards.flip(-1).cumsum_(-1).flip(-1)
     else:
-        out = _blocked_discounted_scan(r, gamma)
-    return masked(out, response_mask)
+        out = _blocked_discounted_scan(rewards, gamma)
+    return out.mul_(float_mask)  # padding inside a row (multi-turn holes) gets 0
 
 
 def _blocked_discounted_scan(r: torch.Tensor, gamma: float) -> torch.Tensor:
