@@ -27,6 +27,8 @@ _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _ASSIGNMENT = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*([^=]+)$")
 _TRAILING_TEXT = re.compile(r"\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z][a-zA-Z\s.]*\}\s*$")
+_INLINE_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _REMOVALS = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^{\\circ}", "^\\circ",
              "\\circ", "°", "\\%", "%", "\\$", "{,}")
 
@@ -75,8 +77,17 @@ def extract_answer(response: str) -> str | None:
         if phrase is not None:
             return phrase
         lines = [line.strip() for line in section.strip().splitlines() if line.strip()]
-        return lines[-1] if lines else None
+        return _last_value(lines[-1]) if lines else None
     return _answer_phrase(response)
+
+
+def _last_value(line: str) -> str:
+    """The last $...$ formula of a sentence, else its last number, else the whole line."""
+    formulas = [m.group(1) or m.group(2) for m in _INLINE_MATH.finditer(line)]
+    if formulas:
+        return formulas[-1]
+    numbers = _NUMBER.findall(line)
+    return numbers[-1] if numbers else line
 
 
 def normalize_answer(answer: str) -> str:
@@ -88,7 +99,9 @@ def normalize_answer(answer: str) -> str:
     for token in _REMOVALS:
         text = text.replace(token, "")
     text = re.sub(r"\s*(?:degrees|percent)\s*$", "", text)
-    text = _TRAILING_TEXT.sub("", text)
+    unit = _TRAILING_TEXT.search(text)
+    if unit is not None and unit.start() > 0:  # "5 \text{ cm}" is 5, but "\text{east}" is the answer
+        text = text[:unit.start()]
     text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
     assignment = _ASSIGNMENT.match(text)
     if assignment is not None:
