@@ -65,7 +65,7 @@ def build_trainable(arch, init_path: str | None, *, parallel, lr: float, weight_
 
     model = build_model(arch, parallel=parallel, params_dtype=torch.bfloat16 if bf16 else torch.float32)
     if init_path is not None:
-        load_weights(model, init_path, parallel=parallel)
+        load_weights(model, init_path, parallel=parallel)  # before DDP wrapping: plain GPTModel keys
     model = wrap_ddp(model, parallel=parallel)
     optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad, parallel=parallel,
                                 bf16=bf16, adam_betas=tuple(betas))

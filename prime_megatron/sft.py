@@ -21,6 +21,7 @@ import torch
 from prime_megatron import components as C
 from prime_megatron.checkpoint.convert import HF_CONFIG_SUBDIR
 from prime_megatron.checkpoint.megatron_io import EXTRA_KEY, MODEL_KEY, save_sharded
+from prime_megatron.checkpoint.train_state import unwrap_model
 from prime_megatron.config import load_config
 from prime_megatron.data.sft import load_sft_examples
 from prime_megatron.evaluate import compute_heldout_accuracy
@@ -59,7 +60,7 @@ def save_sft_model(model, out_dir: str, hf_source: Path, tokenizer_dir: Path, *,
             if item.is_file() and ("token" in item.name or item.name.endswith((".model", ".txt"))):
                 shutil.copy2(item, side / item.name)
 
-    state = {MODEL_KEY: model.sharded_state_dict(), EXTRA_KEY: {"source": "prime-megatron sft"}}
+    state = {MODEL_KEY: unwrap_model(model).sharded_state_dict(), EXTRA_KEY: {"source": "prime-megatron sft"}}
     save_sharded(state, out_dir, rank=parallel.rank, finalize=finalize)
 
 

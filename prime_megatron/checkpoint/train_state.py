@@ -30,6 +30,13 @@ STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 
 
+def unwrap_model(model):
+    """The GPTModel inside a megatron DDP wrapper: checkpoint keys never carry "module."."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def _rng_object(parallel):
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -40,7 +47,9 @@ def _rng_object(parallel):
 def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool) -> dict:
     state = {"rng": _rng_object(parallel)}
     for name, model in models.items():
-        model_sd = model.sharded_state_dict()
+        # Prefixed keys ("policy.decoder...") keep the two models apart in one checkpoint and let
+        # tools/convert_megatron_to_hf.py export either of them.
+        model_sd = unwrap_model(model).sharded_state_dict(prefix=f"{name}.")
         state[name] = model_sd
         if name in optimizers:
             state[f"{name}_optimizer"] = optimizers[name].sharded_state_dict(model_sd, is_loading=is_loading)
@@ -89,7 +98,11 @@ def load_train_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: 
     path = check_checkpoint_dir(path)
     loaded = dist_checkpointing.load(_sharded_state(models, optimizers, parallel, is_loading=True), str(path))
     for name, model in models.items():
-        model.load_state_dict(loaded[name], strict=False)
+        result = unwrap_model(model).load_state_dict({k.removeprefix(f"{name}."): v for k, v in loaded[name].items()},
+                                       strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"{path}: {name} could not load {missing} (unexpected: {result.unexpected_keys})")
         if name in optimizers:
             optimizers[name].load_state_dict(loaded[f"{name}_optimizer"])
     rng = loaded["rng"]
