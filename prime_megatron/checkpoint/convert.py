@@ -60,12 +60,12 @@ def single_process_group():
         dist.destroy_process_group()
 
 
-def checkpoint_key(name: str) -> tuple[str, int | None]:
+def checkpoint_key(name: str, prefix: str = "") -> tuple[str, int | None]:
     """Global megatron param name -> (dist_checkpointing key, global layer or None)."""
     parsed = hm.parse_megatron_name(name)
     if parsed.layer is None:
-        return parsed.suffix, None
-    return "decoder.layers." + hm.TE_FUSED_NORMS.get(parsed.suffix, parsed.suffix), parsed.layer
+        return prefix + parsed.suffix, None
+    return prefix + "decoder.layers." + hm.TE_FUSED_NORMS.get(parsed.suffix, parsed.suffix), parsed.layer
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -106,7 +106,14 @@ def _copy_hf_side_files(src: Path, dst: Path, *, dtype: torch.dtype | None) -> N
 # ---------------------------------------------------------------- HF -> megatron
 
 def _check_hf_tensors(reader: SafetensorsReader, arch) -> None:
-    for name, shape in hm.hf_param_shapes(arch).items():
+    expected = hm.hf_param_shapes(arch)
+    # A tied checkpoint may still store lm_head (a copy of the embedding); anything else unknown
+    # (e.g. Llama's o_proj.bias under attention_bias=true) would be silently lost.
+    unknown = sorted(n for n in reader.weight_map if n not in expected and n != "lm_head.weight")
+    if unknown:
+        raise ValueError(f"{reader.dir}: tensors not supported by the conversion: {unknown[:8]}"
+                         f"{' ...' if len(unknown) > 8 else ''}")
+    for name, shape in expected.items():
         if name not in reader.weight_map:
             raise KeyError(f"{reader.dir}: tensor {name!r} expected by config.json is missing "
                            f"(files: {sorted(set(reader.weight_map.values()))})")
@@ -197,14 +204,14 @@ def convert_hf_to_megatron(hf_dir: str | os.PathLike, out_dir: str | os.PathLike
 
 # ---------------------------------------------------------------- megatron -> HF
 
-def _checkpoint_metadata(ckpt: Path, arch) -> dict:
+def _checkpoint_metadata(ckpt: Path, arch, prefix: str) -> dict:
     """Checkpoint key -> metadata ShardedTensor; raises naming the key if one is absent or misshapen."""
     from megatron.core import dist_checkpointing
 
     meta = dist_checkpointing.load_tensors_metadata(str(ckpt))
     padded = None
     for name in hm.megatron_param_names(arch):
-        key, layer = checkpoint_key(name)
+        key, layer = checkpoint_key(name, prefix)
         if key not in meta:
             raise KeyError(f"{ckpt}: checkpoint has no tensor {key!r} (needed for {name})")
         got = tuple(meta[key].global_shape)
@@ -217,11 +224,11 @@ def _checkpoint_metadata(ckpt: Path, arch) -> dict:
     return meta
 
 
-def _load_full(ckpt: Path, name: str, meta: dict, arch) -> torch.Tensor:
+def _load_full(ckpt: Path, name: str, meta: dict, prefix: str) -> torch.Tensor:
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    key, layer = checkpoint_key(name)
+    key, layer = checkpoint_key(name, prefix)
     shape, dtype = tuple(meta[key].global_shape), meta[key].dtype
     if layer is None:
         sh = ShardedTensor.from_rank_offsets(key, torch.empty(shape, dtype=dtype), replica_id=0)
@@ -235,20 +242,21 @@ def _load_full(ckpt: Path, name: str, meta: dict, arch) -> torch.Tensor:
     return loaded if layer is None else loaded[0]
 
 
-def _hf_tensor_stream(ckpt: Path, meta: dict, arch, dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def _hf_tensor_stream(ckpt: Path, meta: dict, arch, dtype, prefix) -> Iterator[tuple[str, torch.Tensor]]:
     for name in hm.megatron_param_names(arch):
-        full = _load_full(ckpt, name, meta, arch)
+        full = _load_full(ckpt, name, meta, prefix)
         for hf_name, tensor in hm.megatron_to_hf(name, full, arch):
             yield hf_name, tensor.to(dtype or tensor.dtype).contiguous()
 
 
 def convert_megatron_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                            hf_config_dir: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
-                           max_shard_bytes: int = 4 << 30, progress: bool = True) -> Path:
+                           max_shard_bytes: int = 4 << 30, key_prefix: str = "", progress: bool = True) -> Path:
     """dist_checkpointing model checkpoint (any TP/PP) -> HF safetensors dir with config + tokenizer.
 
     hf_config_dir defaults to `ckpt_dir/hf_config` (written by convert_hf_to_megatron).
-    dtype=None keeps the checkpoint's dtype.
+    dtype=None keeps the checkpoint's dtype. key_prefix selects one model of a checkpoint that
+    holds several (the `prefix` given to save_model_checkpoint, e.g. "policy.").
     """
     ckpt, out_dir = check_checkpoint_dir(ckpt_dir), Path(out_dir)
     _check_out_dir(out_dir)
@@ -258,12 +266,12 @@ def convert_megatron_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLi
                                 "HF config.json and tokenizer of this model")
     arch = load_arch(config_dir)
     with _work_dirs(out_dir, "tmp") as (tmp,), single_process_group():
-        meta = _checkpoint_metadata(ckpt, arch)
+        meta = _checkpoint_metadata(ckpt, arch, key_prefix)
         shapes = hm.hf_param_shapes(arch)
-        specs = [(hf_name, shapes[hf_name], dtype or meta[checkpoint_key(name)[0]].dtype)
+        specs = [(hf_name, shapes[hf_name], dtype or meta[checkpoint_key(name, key_prefix)[0]].dtype)
                  for name in hm.megatron_param_names(arch) for hf_name in hm.hf_names_for(name, arch)]
         tmp.mkdir()
-        write_safetensors_shards(tmp, specs, _hf_tensor_stream(ckpt, meta, arch, dtype),
+        write_safetensors_shards(tmp, specs, _hf_tensor_stream(ckpt, meta, arch, dtype, key_prefix),
                                  max_shard_bytes=max_shard_bytes, progress=progress)
         _copy_hf_side_files(config_dir, tmp, dtype=dtype)
         publish_dir(tmp, out_dir)

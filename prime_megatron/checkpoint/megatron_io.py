@@ -70,21 +70,24 @@ def publish_dir(tmp: Path, path: Path) -> None:
 
 
 def save_model_checkpoint(model, path: str | os.PathLike, *, parallel, extra_state: dict | None = None,
-                          extra_sharded: dict | None = None) -> None:
+                          extra_sharded: dict | None = None, prefix: str = "") -> None:
     """Collective: every rank of `parallel` saves its shard of `model` into `path` (atomic).
 
     extra_state: picklable, saved once (rank 0) and returned by load_model_checkpoint.
     extra_sharded: more sharded entries (e.g. an optimizer's sharded_state_dict) saved alongside.
+    prefix: prepended to every checkpoint key ("policy."), so several models can share one
+        checkpoint; pass the same prefix to load and to the HF exporter.
     """
-    state = {MODEL_KEY: model.sharded_state_dict(), EXTRA_KEY: extra_state or {}}
+    state = {MODEL_KEY: model.sharded_state_dict(prefix=prefix), EXTRA_KEY: extra_state or {}}
     state.update(extra_sharded or {})
     save_sharded(state, path, rank=parallel.rank)
 
 
 def _checkpoint_object_keys(path: str) -> set[str]:
-    from megatron.core import dist_checkpointing
+    # Not re-exported by megatron.core.dist_checkpointing on 0.16; the serialization module has it.
+    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
-    return {sh.key for sh in dist_checkpointing.load_sharded_metadata(path).values()}
+    return {sh.key for sh in load_sharded_metadata(path).values()}
 
 
 def _drop_absent_extra_state(sharded_sd: dict, path: str) -> list[str]:
@@ -112,16 +115,17 @@ def check_checkpoint_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model_checkpoint(model, path: str | os.PathLike, *, parallel) -> dict:
+def load_model_checkpoint(model, path: str | os.PathLike, *, parallel, prefix: str = "") -> dict:
     """Collective: load this rank's shard of `model` from `path` (any TP/PP); returns extra_state."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     path = str(check_checkpoint_dir(path))
-    sharded_sd = model.sharded_state_dict()
-    dropped = set(_drop_absent_extra_state(sharded_sd, path))
+    sharded_sd = model.sharded_state_dict(prefix=prefix)
+    dropped = {n.removeprefix(prefix) for n in _drop_absent_extra_state(sharded_sd, path)}
     loaded = dist_checkpointing.load({MODEL_KEY: sharded_sd}, path, strict=StrictHandling.RAISE_UNEXPECTED)
-    result = model.load_state_dict(loaded[MODEL_KEY], strict=False)
+    state = {k.removeprefix(prefix): v for k, v in loaded[MODEL_KEY].items()}
+    result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in dropped]
     if missing or result.unexpected_keys:
         raise RuntimeError(f"{path}: rank {parallel.rank} could not load {missing} "
