@@ -9,7 +9,7 @@ where r_phi(y_i^s) = beta * (log pi_phi - log pi_ref) is the implicit process re
 (reward/implicit.py) and r_phi(y^j) / |y^j| is the per-sample mean of sample j's token rewards.
 
 The two reference implementations, the PRIME repository's ``compute_rloo_returns``
-(training/verl/trainer/ppo/core_algos.py) and veRL's PRIME recipe
+(in its veRL fork's trainer/ppo/core_algos.py) and veRL's PRIME recipe
 (``recipe/prime/prime_core_algos.compute_rloo_advantage_return`` with the token scores of
 ``prime_dp_rm``), differ from the equation and from each other. Each difference is a
 keyword of ``compute_prime_advantages``:
@@ -27,7 +27,7 @@ keyword of ``compute_prime_advantages``:
   references' reward-model forward; this function takes rewards that already include beta.
 * ``process_coef`` / ``outcome_coef`` -- veRL multiplies each source's RLOO rewards by
   ``reward_dpo_coef`` / ``reward_gt_coef`` (5 and 5 in its PRIME example) before the sum;
-  PRIME's ``compute_rloo_returns`` sums the sources unweighted. Defaults 1.0 and 1.0 (Eq. 5,
+  PRIME's ``compute_rloo_returns`` itself sums the sources unweighted. Defaults 1.0 and 1.0 (Eq. 5,
   PRIME repo). The coefficients multiply before the return, which is linear, so where they
   enter in the reverse scan does not matter; with ``whiten=True`` a common factor (5, 5)
   cancels exactly and only the ratio of the two coefficients changes the result.
@@ -121,7 +121,7 @@ def compute_prime_advantages(
     subtracted per token); RLOO on the outcome rewards, placed on the last response token;
     each source scaled by its coefficient and turned into its own discounted return; the
     sum whitened over all response tokens of the batch when ``whiten``.
-    Returns float32 for half-precision inputs.
+    Returns float32 for half-precision inputs; computed under no_grad (a constant of the loss).
     """
     mask = checks.check_response_mask(response_mask)
     checks.check_token_tensor(process_rewards, "process_rewards", mask)
@@ -129,7 +129,9 @@ def compute_prime_advantages(
     checks.check_group_size(group_size, mask.shape[0])
     checks.check_choice(process_loo, "process_loo", PROCESS_LOO_FORMS)
     checks.check_scalar(gamma, "gamma", low=0.0, high=1.0)
-    outcome_gamma = gamma if outcome_gamma is None else checks.check_scalar(outcome_gamma, "outcome_gamma", low=0.0, high=1.0)
+    if outcome_gamma is None:
+        outcome_gamma = gamma
+    checks.check_scalar(outcome_gamma, "outcome_gamma", low=0.0, high=1.0)
     checks.check_scalar(process_coef, "process_coef", low=-float("inf"))
     checks.check_scalar(outcome_coef, "outcome_coef", low=-float("inf"))
 

@@ -54,6 +54,19 @@ def test_hand_worked_reference_forms():
     torch.testing.assert_close(no_last, torch.tensor([[1.0, 2.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64))
 
 
+def test_reference_and_paper_forms_agree_on_one_token_rows():
+    # With one rewarded token per row, r_t equals the row mean, so the extra term
+    # (r_t - mean_i) / (K-1) of the "scaled" form vanishes (the outcome-reward case).
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    mask = torch.zeros(8, 5, dtype=torch.float64)
+    mask[torch.arange(8), torch.randint(0, 5, (8,), generator=g)] = 1.0
+    paper = compute_process_rloo_rewards(rewards, mask, group_size=4)
+    scaled = compute_process_rloo_rewards(rewards, mask, group_size=4, process_loo="scaled")
+    # float64: the two forms differ only by rounding (~1e-16).
+    torch.testing.assert_close(paper, scaled, rtol=1e-12, atol=1e-12)
+
+
 def test_hand_worked_whiten():
     # Values [1, 2, 3] at tokens, padding ignored: mean 2, unbiased var (1+0+1)/2 = 1,
     # so [-1, 0, 1]; eps = 1e-8 moves the scale by 5e-9, below the 1e-7 tolerance.
