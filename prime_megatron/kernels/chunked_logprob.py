@@ -140,11 +140,12 @@ def check_logprob_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             f"got {targets.dtype} of shape {tuple(targets.shape)}"
         )
     vocab = weight.shape[0] * tp_size
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(
-            f"targets must lie in [0, {vocab}) (V/tp={weight.shape[0]} x tp={tp_size}), "
-            f"got range [{int(targets.min())}, {int(targets.max())}]"
-        )
+    if targets.numel():
+        low, high = torch.stack(torch.aminmax(targets)).tolist()  # one host sync
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"targets must lie in [0, {vocab}) (V/tp={weight.shape[0]} x tp={tp_size}), got range [{low}, {high}]"
+            )
 
 
 def _local_targets(targets: torch.Tensor, local_vocab: int, tp_rank: int) -> torch.Tensor:
