@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from prime_megatron.advantage import checks
-from prime_megatron.advantage.returns import masked
+from prime_megatron.advantage.returns import as_float, masked
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_KINDS = ("k1", "k2", "k3")
@@ -88,9 +88,10 @@ def compute_policy_loss_per_token(
         checks.check_token_tensor(x, name, mask)
     checks.check_scalar(clip_ratio, "clip_ratio", low=0.0, high=1.0)
     high = clip_ratio if clip_ratio_high is None else checks.check_scalar(clip_ratio_high, "clip_ratio_high", low=0.0)
-    log_ratio = masked(logprobs - old_logprobs, mask).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    # bf16 log-probs would put the ratio on a 1/128 grid; compute the surrogate in float32.
+    log_ratio = masked(as_float(logprobs) - as_float(old_logprobs), mask).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
-    adv = masked(advantages, mask).to(ratio.dtype)
+    adv = masked(as_float(advantages), mask).to(ratio.dtype)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_ratio, 1.0 + high)
     loss = torch.maximum(unclipped, clipped)
