@@ -50,10 +50,10 @@ def main(argv=None) -> int:
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     configured = compute_memory_plan(arch, cluster, work, Layout(tp, pp, cluster.world_size // (tp * pp)))
     print("configured " + format_plan(configured) + "\n")
-    proposals = [p for p in propose_layouts(arch, cluster, work) if p.fits][: args.top]
+    proposals = [p for p in propose_layouts(arch, cluster, work) if p.fits]
     if not proposals:
         print("no tp/pp/dp layout fits this cluster")
-    for rank, plan in enumerate(proposals, 1):
+    for rank, plan in enumerate(proposals[: args.top], 1):
         print(f"proposal {rank}: " + format_plan(plan) + "\n")
     return 0 if configured.fits else 1
 
