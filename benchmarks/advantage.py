@@ -94,7 +94,7 @@ def main():
         assert err < 1e-4, f"{name} disagrees with the vectorised result by {err}"
 
     full = _time(lambda: compute_prime_advantages(process, outcome, mask, **kw), args.repeats, dev)
-    torch_loop = _time(lambda: torch_loop_prime_advantages(process, outcome, mask, **kw), 1, dev)
+    torch_loop = _time(lambda: torch_loop_prime_advantages(process, outcome, mask, **kw), args.repeats, dev)
     start = time.perf_counter()
     loop_prime_advantages(process[sub].cpu(), outcome[sub].cpu(), mask[sub].cpu(), **kw)
     py_sub = time.perf_counter() - start
@@ -107,7 +107,7 @@ def main():
     print(f"{'torch loop':<14} {args.batch:>10} {torch_loop:>17.4f} {torch_loop / full:>13.1f}")
     print(f"{'python loop':<14} {args.loop_rows:>10} {py_full:>17.2f} {py_full / full:>13.1f}")
     print(f"python loop: timed on {args.loop_rows} of {args.batch} rows ({py_sub:.3f} s) and scaled by "
-          f"{args.batch / args.loop_rows:.0f}x (cost is linear in rows); vectorised = best of {args.repeats}.")
+          f"{args.batch / args.loop_rows:.0f}x (cost is linear in rows); vectorised and torch loop: best of {args.repeats}.")
 
 
 if __name__ == "__main__":

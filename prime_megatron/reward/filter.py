@@ -1,6 +1,6 @@
 """PRIME's online prompt filter: keep prompts whose K samples are neither all easy nor all hard.
 
-PRIME (Cui et al. 2025, arXiv 2502.01456, Sec. 4 "online prompt filtering") keeps a prompt
+PRIME (Cui et al. 2025, arXiv 2502.01456; its "online prompt filtering" technique) keeps a prompt
 when the mean accuracy of its K samples lies in [0.2, 0.8]: a group that is all right or
 all wrong has zero RLOO outcome advantage and mostly adds noise. Groups with a response
 cut at the length limit can be dropped too, since their outcome label says little.

@@ -1,6 +1,6 @@
 """Implicit process rewards of PRIME's PRM, the PRM's losses, and its ranking accuracy.
 
-PRIME (Cui et al. 2025, arXiv 2502.01456, Sec. 3 "implicit PRM"): the PRM pi_phi is a
+PRIME (Cui et al. 2025, arXiv 2502.01456; the implicit PRM of Yuan et al. 2024): the PRM pi_phi is a
 causal LM initialised like the policy; with a frozen reference pi_ref its token reward is
 
     r_phi(y_t) = beta * (log pi_phi(y_t | y_<t) - log pi_ref(y_t | y_<t))

@@ -1,6 +1,6 @@
 """Policy-update losses: PPO clipped surrogate, token aggregation, entropy and KL estimators.
 
-PRIME (Cui et al. 2025, arXiv 2502.01456, Sec. 3.3) updates the policy with the PPO clip
+PRIME (Cui et al. 2025, arXiv 2502.01456) updates the policy with the PPO clip
 surrogate (Schulman et al. 2017, Eq. 7), clip 0.2, and no KL term. Per response token t
 with ratio rho_t = exp(log pi_theta - log pi_old) and advantage A_t:
 
