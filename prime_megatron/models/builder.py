@@ -6,6 +6,9 @@ rank's shard: tp splits attention heads, the MLP and the (padded) vocabulary; pp
 rank its contiguous slice of layers, the embedding on the first stage and the output layer
 on the last.
 
+`model.prime_vocab_size` records the unpadded vocabulary so log-probs can ignore the rows
+added to make the vocabulary divisible by tp.
+
 Roles: `trainable=True` (policy, PRM) keeps gradients on; `trainable=False` (reference)
 returns the model frozen, in eval mode, without gradients. `offload_to_cpu` / `load_to_device`
 move a frozen reference off the GPU between uses.
@@ -106,6 +109,8 @@ def build_model(arch: ModelArch, *, parallel: ParallelState, trainable: bool = T
         position_embedding_type="rope",
         rotary_base=arch.rope_theta,
     )
+    # The real vocabulary: log-prob code excludes the padding rows (update/forward_backward.py).
+    model.prime_vocab_size = arch.vocab_size
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     if params_dtype != torch.float32:

@@ -1,0 +1,242 @@
+"""Micro-batched forward (and backward) of a GPTModel through megatron's pipeline schedules.
+
+Three uses in a PRIME step, one code path:
+  - `compute_logprobs`: reference and old-policy log-probs (forward only);
+  - `train_on_batch` for the implicit PRM: forward + backward + optimizer step, with
+    `return_logprobs=True` handing back the PRM log-probs of that same forward (PRIME's
+    "after" order needs them for the implicit process rewards);
+  - `train_on_batch` for the policy (PPO loss).
+
+Padding: rows are sorted by total length (prompt + response) and cut into micro-batches of
+`micro_batch_size` rows; each micro-batch is trimmed to its own longest row. Padding is
+then only the gap between rows of similar length, instead of every row padded to the batch
+maximum, and the row-wise layout keeps megatron's standard causal attention (packing rows
+into one sequence would need THD attention, which the local spec lacks). Right padding sits
+after every real token, so causal attention never lets a real token see it.
+
+Loss convention: the objective is the SUM over micro-batches of `loss_fn(...)`. loss_fn
+must therefore normalise by batch-level quantities; it receives `index`, the batch rows of
+its micro-batch, so it can (e.g. token-mean PPO: sum over its tokens / total response tokens
+of the whole batch). This makes the result independent of micro_batch_size and of the
+length sort. Across dp ranks, megatron DDP averages the gradients.
+
+Results (log-probs, metrics) are computed on the last pipeline stage and broadcast over the
+pipeline group, so every rank returns the same values.
+
+Left out: virtual pipeline stages, context parallelism, sequence packing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from prime_megatron.models.logprobs import compute_token_logprobs
+from prime_megatron.parallel import ParallelState
+from prime_megatron.update.batch import SequenceBatch
+
+DEFAULT_LOGPROB_CHUNK = 2048  # tokens per log-prob chunk: 2 x 2048 x V/tp float32 extra
+
+
+@dataclass
+class _MicroBatch:
+    index: torch.Tensor  # [b] rows of the full batch
+    input_ids: torch.Tensor  # [b, L] trimmed to the longest row of this micro-batch
+    position_ids: torch.Tensor  # [b, L]
+    prompt_lengths: torch.Tensor  # [b]
+    response_lengths: torch.Tensor  # [b]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def plan_micro_batches(batch: SequenceBatch, micro_batch_size: int) -> list[_MicroBatch]:
+    """Length-sorted micro-batches, each trimmed to its own longest row."""
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if batch.batch_size == 0:
+        raise ValueError("batch is empty: nothing to run through the model")
+    order = torch.argsort(batch.sequence_lengths(), descending=True, stable=True)
+    device = _device()
+    plans = []
+    for rows in torch.split(order, micro_batch_size):
+        sub = batch.select(rows)
+        width = sub.input_ids.shape[1]
+        plans.append(_MicroBatch(
+            index=rows,
+            input_ids=sub.input_ids.to(device),
+            position_ids=torch.arange(width, device=device).unsqueeze(0).expand(len(rows), -1),
+            prompt_lengths=sub.prompt_lengths.to(device),
+            response_lengths=sub.response_lengths.to(device),
+        ))
+    return plans
+
+
+def _response_logprobs(logits, mb: _MicroBatch, width: int, *, tp_group, chunk_size, with_entropy,
+                       vocab_size, temperature):
+    """[b, width] log-probs (and entropies) of the response tokens; 0 beyond each response."""
+    steps = torch.arange(width, device=logits.device)
+    mask = steps.unsqueeze(0) < mb.response_lengths.unsqueeze(1)
+    seq = mb.input_ids.shape[1]
+    if seq < 2 or width == 0:
+        zeros = logits.new_zeros(mb.input_ids.shape[0], width, dtype=torch.float32)
+        return zeros, (zeros if with_entropy else None)
+    # Position p's logits predict token p + 1, so response token j is scored at prompt_len - 1 + j.
+    out = compute_token_logprobs(
+        logits[:, :-1], mb.input_ids[:, 1:], tp_group=tp_group, chunk_size=chunk_size,
+        with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+    logprobs_all, entropy_all = out if with_entropy else (out, None)
+    cols = (mb.prompt_lengths.unsqueeze(1) - 1 + steps).clamp(max=seq - 2)
+
+    def pick(values):
+        return torch.where(mask, values.gather(1, cols), 0.0)
+
+    return pick(logprobs_all), (pick(entropy_all) if with_entropy else None)
+
+
+def _forward_step(data_iterator, model, *, on_logits):
+    mb = next(data_iterator)
+    output = model(mb.input_ids, mb.position_ids, None)
+    return output, partial(on_logits, mb)
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _real_vocab_size(model):
+    """Unpadded vocab recorded by build_model; None counts the whole (padded) vocabulary."""
+    return getattr(_unwrap(model), "prime_vocab_size", None)
+
+
+def _run_schedule(model, plans, on_logits, *, forward_only):
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    schedule = get_forward_backward_func()
+    return schedule(
+        forward_step_func=partial(_forward_step, on_logits=on_logits),
+        data_iterator=iter(plans),
+        model=[model],
+        num_microbatches=len(plans),
+        seq_length=max(p.input_ids.shape[1] for p in plans),
+        micro_batch_size=max(len(p.index) for p in plans),
+        forward_only=forward_only,
+    )
+
+
+def _scatter_rows(per_mb, plans, key, batch_size, width):
+    """Stack per-micro-batch [b, width] tensors back into batch order."""
+    out = torch.zeros(batch_size, width, dtype=torch.float32, device=_device())
+    for plan, record in zip(plans, per_mb):
+        out[plan.index.to(out.device)] = record[key].float()
+    return out
+
+
+def _broadcast_from_last_stage(tensor, *, parallel: ParallelState):
+    if parallel.pp > 1:
+        dist.broadcast(tensor, src=parallel.last_stage_global_rank, group=parallel.pp_group)
+    return tensor
+
+
+def compute_logprobs(model, batch: SequenceBatch, *, parallel: ParallelState, micro_batch_size: int,
+                     with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
+                     temperature: float = 1.0):
+    """Forward-only response log-probs [B, T] (and entropies [B, T]); the same on every rank.
+
+    Positions where batch.response_mask() is 0 hold 0.
+    """
+    plans = plan_micro_batches(batch, micro_batch_size)
+    width = batch.max_response_length
+    vocab_size = _real_vocab_size(model)
+
+    def on_logits(mb, logits):
+        lp, ent = _response_logprobs(logits, mb, width, tp_group=parallel.tp_group, chunk_size=logprob_chunk_size,
+                                     with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+        record = {"logprobs": lp.detach()}
+        if with_entropy:
+            record["entropy"] = ent.detach()
+        return logits.new_zeros(()), record
+
+    with torch.no_grad():
+        per_mb = _run_schedule(model, plans, on_logits, forward_only=True)
+    keys = ["logprobs", "entropy"] if with_entropy else ["logprobs"]
+    results = []
+    for key in keys:
+        out = (_scatter_rows(per_mb, plans, key, batch.batch_size, width) if parallel.is_last_stage
+               else torch.empty(batch.batch_size, width, dtype=torch.float32, device=_device()))
+        results.append(_broadcast_from_last_stage(out, parallel=parallel))
+    return tuple(results) if with_entropy else results[0]
+
+
+def forward_backward(model, batch: SequenceBatch, loss_fn, *, parallel: ParallelState, micro_batch_size: int,
+                     with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
+                     temperature: float = 1.0, return_logprobs: bool = False) -> dict:
+    """Forward + backward over micro-batches; gradients accumulate, no optimizer step.
+
+    loss_fn(logprobs [b, T], entropy [b, T] | None, index [b]) -> (loss, metrics dict); see the
+    module docstring for the loss convention. Returns {"loss": float, **mean metrics} and, with
+    return_logprobs, "logprobs" (and "entropy") as [B, T] tensors; identical on every rank.
+    """
+    plans = plan_micro_batches(batch, micro_batch_size)
+    width = batch.max_response_length
+    vocab_size = _real_vocab_size(model)
+    num_mb = len(plans)
+
+    def on_logits(mb, logits):
+        lp, ent = _response_logprobs(logits, mb, width, tp_group=parallel.tp_group, chunk_size=logprob_chunk_size,
+                                     with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+        loss, metrics = loss_fn(lp, ent, mb.index)
+        record = {"loss": float(loss.detach()), "metrics": {k: float(v) for k, v in metrics.items()},
+                  "logprobs": lp.detach()}
+        if with_entropy:
+            record["entropy"] = ent.detach()
+        # megatron divides a 2-tuple loss by num_microbatches; undo it so the objective is the sum.
+        return loss * num_mb, record
+
+    per_mb = _run_schedule(model, plans, on_logits, forward_only=False)
+    summary = [_summarise(per_mb)] if parallel.is_last_stage else [None]
+    if parallel.pp > 1:
+        dist.broadcast_object_list(summary, src=parallel.last_stage_global_rank, group=parallel.pp_group)
+    result = dict(summary[0])
+    if return_logprobs:
+        for key in (["logprobs", "entropy"] if with_entropy else ["logprobs"]):
+            out = (_scatter_rows(per_mb, plans, key, batch.batch_size, width) if parallel.is_last_stage
+                   else torch.empty(batch.batch_size, width, dtype=torch.float32, device=_device()))
+            result[key] = _broadcast_from_last_stage(out, parallel=parallel)
+    return result
+
+
+def _summarise(per_mb) -> dict:
+    """Sum of micro-batch losses; every other metric averaged over micro-batches."""
+    summary = {"loss": sum(r["loss"] for r in per_mb)}
+    names = per_mb[0]["metrics"].keys()
+    for name in names:
+        summary[name] = sum(r["metrics"][name] for r in per_mb) / len(per_mb)
+    return summary
+
+
+def train_on_batch(model, optimizer, batch: SequenceBatch, loss_fn, *, parallel: ParallelState,
+                   micro_batch_size: int, **kwargs) -> dict:
+    """Zero grads, forward_backward (same keywords), optimizer.step(); adds grad_norm to the result.
+
+    `model` must be megatron-DDP wrapped, as build_optimizer returns it.
+    """
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.utils import get_model_config
+
+    config = get_model_config(model)
+    config.finalize_model_grads_func = finalize_model_grads  # DP reduce + tied-embedding sync across pp
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = model.no_sync
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    result = forward_backward(model, batch, loss_fn, parallel=parallel, micro_batch_size=micro_batch_size, **kwargs)
+    update_successful, grad_norm, _ = optimizer.step()
+    result["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    result["update_successful"] = float(bool(update_successful))
+    return result
