@@ -44,7 +44,10 @@ def compute_fused_token_logprobs(
     hidden: [..., H] final hidden states (after the final norm), replicated over `tp_group`.
     output_weight_shard: [V/tp, H] this rank's rows of the output layer (megatron's
         `output_layer.weight`, or the word embeddings when they are tied).
-    targets: [...] token ids in [0, V) of the padded vocabulary.
+    targets: [...] token ids in [0, V) of the padded vocabulary (padding positions too: give
+        them any valid id and mask the result with `response_mask`).
+    chunk_size: token rows' worth of fp32 logits the chunked paths hold at once
+        (chunk_size x V/tp values); "triton" holds none, "te" holds all N rows in bf16.
     Returns logprobs [...] fp32, and entropy [...] fp32 when `with_entropy`.
     """
     if impl not in LOGPROB_IMPLS:

@@ -19,11 +19,12 @@ grad_hidden is accumulated in fp32 across slices, so low-precision inputs lose n
 chunking. `hidden` is treated as replicated over the TP group (like the input of megatron's
 ColumnParallelLinear), so its gradient is all-reduced here.
 
-The working set is bounded by `chunk_size x V/tp` logits: a slice holds N rows times
-`chunk_size * V/tp // N` columns.
+The working set is bounded by `chunk_size x V/tp` logits (a slice holds N rows times
+`chunk_size * V/tp // N` columns), plus an fp32 [N, H] accumulator for grad_hidden in backward.
 
 Left out on purpose: sequence parallelism (the caller gathers the sequence first), label
-smoothing, ignore-index (mask the result with `response_mask` instead).
+smoothing, ignore-index (give padded positions any valid id and mask the result with
+`response_mask`).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch.distributed as dist
 
 
 class TokenStats(NamedTuple):
-    """Per-token softmax statistics over some part of the vocabulary, all fp32 [N]."""
+    """Per-token softmax statistics over some part of the vocabulary, [N] each, fp32 (fp64 for fp64 inputs)."""
 
     max: torch.Tensor  # m: running max of the logits
     sum_exp: torch.Tensor  # s = sum_v exp(l_v - m)
@@ -58,7 +59,7 @@ def rescale_stats(stats: TokenStats, new_max: torch.Tensor) -> TokenStats:
     scale = delta.exp()
     u = stats.sum_exp_shifted
     if u is not None:
-        # sum e^(l-m)(l-m) = e^(m-M) * [sum e^(l-m)(l-m') ... ] with l - M = (l - m) + (m - M)
+        # l - M = (l - m) + delta, so sum e^(l-M) (l-M) = e^delta * (u + delta * s).
         u = (u + delta * stats.sum_exp) * scale
     return TokenStats(new_max, stats.sum_exp * scale, u, stats.target_logit)
 

@@ -127,8 +127,9 @@ def compute_local_stats_triton(
         num_tokens, local_vocab, hidden.shape[1],
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), per_split,
         WITH_ENTROPY=with_entropy,
-        # fp32 inputs get exact fp32 products; tf32 would cost ~1e-3 relative error in the logits.
-        DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
+        # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error in the
+        # logits); for bf16/fp16 the precision argument does not apply, so keep Triton's default.
+        DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else None,
         **blocks,
     )
     m, s, u, t = out.unbind(0)
