@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-# Length of the blocks of the discounted scan for gamma < 1: a [C, C] decay matrix per
-# block keeps powers gamma**(s - t) with s - t < C, far from float32 underflow, and the
-# carry loop between blocks runs T / C times instead of T times.
+# Length of the blocks of the discounted scan for gamma < 1: a [C, C] decay matrix inside
+# blocks and an [T/C, T/C] one across them replace a T-step Python loop with two matmuls
+# of B*T*C and B*(T/C)**2 multiply-adds.
 _SCAN_BLOCK = 64
 
 
@@ -100,21 +100,31 @@ def discounted_returns_zero_padded(rewards: torch.Tensor, float_mask: torch.Tens
     return out.mul_(float_mask)  # padding inside a row (multi-turn holes) gets 0
 
 
+def _decay_matrix(n: int, base: float, dtype, device) -> torch.Tensor:
+    """[n, n] matrix D[t, s] = base**(s - t) for s >= t, else 0 (powers taken in float64)."""
+    idx = torch.arange(n, device=device, dtype=torch.float64)
+    lag = idx.view(1, -1) - idx.view(-1, 1)
+    return torch.where(lag >= 0, torch.pow(base, lag.clamp(min=0)), 0.0).to(dtype)
+
+
 def _blocked_discounted_scan(r: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Two-level scan: exact returns inside blocks of c positions, then across blocks.
+
+    local[b, k, t] = sum_{s >= t in block k} gamma**(s-t) r_s  (a [c, c] matmul);
+    head_k = local[b, k, 0] is block k's own return at its first position, and the full
+    return at block k's start is G_k = sum_{k' >= k} (gamma**c)**(k'-k) head_k' (an
+    [n_blocks, n_blocks] matmul); position t of block k adds gamma**(c-t) * G_{k+1}.
+    Powers that underflow to 0 stand for contributions below float resolution.
+    """
     batch, length = r.shape
     c = min(_SCAN_BLOCK, length)
     n_blocks = -(-length // c)
     padded = torch.nn.functional.pad(r, (0, n_blocks * c - length)).view(batch, n_blocks, c)
-    idx = torch.arange(c, device=r.device, dtype=torch.float64)
-    lag = idx.view(1, -1) - idx.view(-1, 1)  # lag[t, s] = s - t
-    decay = torch.where(lag >= 0, torch.pow(gamma, lag.clamp(min=0)), 0.0).to(r.dtype)
-    local = padded @ decay.T  # local[b, k, t] = sum_{s >= t in block k} gamma**(s-t) r_s
-    # A block's return at offset t also sees the next block's return, discounted by
-    # gamma**(c - t): carry it from the last block backwards.
-    carry_decay = torch.pow(gamma, (c - idx)).to(r.dtype)
-    out = torch.empty_like(local)
-    carry = torch.zeros(batch, dtype=r.dtype, device=r.device)
-    for k in range(n_blocks - 1, -1, -1):
-        out[:, k] = local[:, k] + carry_decay * carry.unsqueeze(1)
-        carry = out[:, k, 0]
+    local = padded @ _decay_matrix(c, gamma, r.dtype, r.device).T
+    heads = local[:, :, 0]
+    block_starts = heads @ _decay_matrix(n_blocks, gamma**c, r.dtype, r.device).T
+    following = torch.nn.functional.pad(block_starts[:, 1:], (0, 1))  # G_{k+1}, 0 after the last block
+    offsets = torch.arange(c, device=r.device, dtype=torch.float64)
+    carry_decay = torch.pow(gamma, c - offsets).to(r.dtype)
+    out = local.add_(following.unsqueeze(2) * carry_decay)
     return out.reshape(batch, -1)[:, :length]

@@ -110,11 +110,12 @@ def test_matches_loop_reference(options):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
-def test_discounted_returns_match_loop(gamma):
+@pytest.mark.parametrize("gamma, length", [(0.0, 200), (0.5, 200), (0.99, 200), (1.0, 200), (0.9, 3000), (0.999, 3000)])
+def test_discounted_returns_match_loop(gamma, length):
+    # 3000 positions = 47 scan blocks: the cross-block powers (0.9**64)**46 underflow to 0.
     g = torch.Generator().manual_seed(2)
-    mask = random_mask(5, 200, g)
-    rewards = torch.randn(5, 200, generator=g, dtype=torch.float64)
+    mask = random_mask(5, length, g)
+    rewards = torch.randn(5, length, generator=g, dtype=torch.float64)
     got = compute_discounted_returns(rewards, mask.bool(), gamma=gamma)
     want = torch.tensor(loop_discounted_returns(rewards.tolist(), mask.bool().tolist(), gamma), dtype=torch.float64)
     # float64; the blocked scan sums in a different order than the recursion (~1e-13).
