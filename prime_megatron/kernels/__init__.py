@@ -5,7 +5,8 @@
 
 - "chunked" (default, runs everywhere): torch matmuls over vocabulary slices with a streaming
   log-sum-exp; backward recomputes slices. See `chunked_logprob.py`.
-- "triton": fused matmul + online log-sum-exp forward kernel, chunked backward. CUDA + triton.
+- "triton": Triton kernels fusing the logits matmul with the online log-sum-exp (forward) and
+  with the logit-gradient epilogue (backward). CUDA + triton.
 - "te": Transformer Engine's parallel cross entropy on a bf16 logits shard. CUDA + TE.
 
 All paths are vocab-parallel over `tp_group` (None: no tensor parallelism) and return fp32.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .chunked_logprob import compute_local_stats_chunked, compute_vocab_parallel_token_logprobs
+from .chunked_logprob import CHUNKED_KERNELS, compute_vocab_parallel_token_logprobs
 
 LOGPROB_IMPLS = ("chunked", "triton", "te")
 # Token rows' worth of logits held at once: 512 x 152064 fp32 is 311 MB at tp=1, under 1/8 of
@@ -64,12 +65,12 @@ def compute_fused_token_logprobs(
             flat_hidden, output_weight_shard, flat_targets, tp_group=tp_group, with_entropy=with_entropy
         )
     else:
-        local_stats_fn = compute_local_stats_chunked
+        kernels = CHUNKED_KERNELS
         if impl == "triton":
-            from .triton_logprob import compute_local_stats_triton as local_stats_fn
+            from .triton_logprob import TRITON_KERNELS as kernels
         out = compute_vocab_parallel_token_logprobs(
             flat_hidden, output_weight_shard, flat_targets, tp_group=tp_group, chunk_size=chunk_size,
-            with_entropy=with_entropy, local_stats_fn=local_stats_fn,
+            with_entropy=with_entropy, kernels=kernels,
         )
     if with_entropy:
         return out[0].view(targets.shape), out[1].view(targets.shape)

@@ -43,9 +43,27 @@ class TokenStats(NamedTuple):
     target_logit: torch.Tensor  # l_y if this part holds the target y, else 0
 
 
-# A local-statistics function maps (hidden [N,H], weight [V_local,H], local targets [N] with -1
-# where the target lies in another shard, with_entropy, chunk_size) to this shard's TokenStats.
-LocalStatsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, int], TokenStats]
+class SliceGradInputs(NamedTuple):
+    """What backward needs per token ([N] each, fp32/fp64) to rebuild d loss / d logits."""
+
+    local_targets: torch.Tensor  # index into this shard, -1 where another rank owns the target
+    lse: torch.Tensor  # log-sum-exp over the full vocabulary
+    entropy: torch.Tensor | None  # only with a gradient wrt entropy
+    grad_logprobs: torch.Tensor
+    grad_entropy: torch.Tensor | None
+
+
+class LogprobKernels(NamedTuple):
+    """The two device-specific pieces of the vocab-parallel log-prob; the rest is shared.
+
+    local_stats(hidden [N,H], weight [V_local,H], local_targets [N], with_entropy, chunk_size)
+        -> this shard's TokenStats.
+    slice_grad_logits(hidden, weight_slice [c,H], first_column, SliceGradInputs)
+        -> d loss / d logits for that slice, [N, c] in hidden's dtype.
+    """
+
+    local_stats: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, int], TokenStats]
+    slice_grad_logits: Callable[[torch.Tensor, torch.Tensor, int, SliceGradInputs], torch.Tensor]
 
 
 def vocab_slice_width(num_tokens: int, local_vocab: int, chunk_size: int) -> int:
@@ -155,68 +173,66 @@ def _local_targets(targets: torch.Tensor, local_vocab: int, tp_rank: int) -> tor
     return torch.where((local >= 0) & (local < local_vocab), local, -1)
 
 
-def _slice_grad_logits(
-    logits: torch.Tensor,
-    local_targets: torch.Tensor,
-    v0: int,
-    lse: torch.Tensor,
-    entropy: torch.Tensor | None,
-    grad_logprobs: torch.Tensor,
-    grad_entropy: torch.Tensor | None,
+def compute_slice_grad_logits_chunked(
+    hidden: torch.Tensor, weight_slice: torch.Tensor, v0: int, inputs: SliceGradInputs
 ) -> torch.Tensor:
-    """d loss / d logits for one recomputed [N, c] slice (fp32, overwrites `logits`).
+    """Recompute one [N, c] logits slice and turn it into d loss / d logits (hidden's dtype).
 
     d logp_i / d l_iv = [v == y_i] - p_iv ;  d H_i / d l_iv = -p_iv (log p_iv + H_i).
     """
-    log_p = logits.sub_(lse.unsqueeze(1))
-    if grad_entropy is None:
+    log_p = (hidden @ weight_slice.t()).to(inputs.lse.dtype).sub_(inputs.lse.unsqueeze(1))
+    grad_logprobs = inputs.grad_logprobs
+    if inputs.grad_entropy is None:
         grad = log_p.exp_().mul_(-grad_logprobs.unsqueeze(1))
     else:
         p = log_p.exp()
-        grad = log_p.add_(entropy.unsqueeze(1)).mul_(grad_entropy.unsqueeze(1))
+        grad = log_p.add_(inputs.entropy.unsqueeze(1)).mul_(inputs.grad_entropy.unsqueeze(1))
         grad = grad.add_(grad_logprobs.unsqueeze(1)).mul_(p).neg_()
     cols = grad.shape[1]
-    in_slice = (local_targets >= v0) & (local_targets < v0 + cols)
-    index = (local_targets - v0).clamp(0, cols - 1).unsqueeze(1)
+    in_slice = (inputs.local_targets >= v0) & (inputs.local_targets < v0 + cols)
+    index = (inputs.local_targets - v0).clamp(0, cols - 1).unsqueeze(1)
     # scatter_add with a zero where the target is elsewhere: no host sync, unlike boolean indexing.
-    return grad.scatter_add_(1, index, torch.where(in_slice, grad_logprobs, 0.0).unsqueeze(1))
+    grad = grad.scatter_add_(1, index, torch.where(in_slice, grad_logprobs, 0.0).unsqueeze(1))
+    return grad.to(hidden.dtype)
+
+
+CHUNKED_KERNELS = LogprobKernels(compute_local_stats_chunked, compute_slice_grad_logits_chunked)
 
 
 class _VocabParallelTokenLogprob(torch.autograd.Function):
     """Autograd wrapper: saves (hidden, weight, targets, per-token lse/entropy), never logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, tp_group, with_entropy, chunk_size, local_stats_fn):
+    def forward(ctx, hidden, weight, targets, tp_group, with_entropy, chunk_size, kernels):
         tp_rank, _ = tp_rank_and_size(tp_group)
         local_targets = _local_targets(targets, weight.shape[0], tp_rank)
-        local = local_stats_fn(hidden, weight, local_targets, with_entropy, chunk_size)
+        local = kernels.local_stats(hidden, weight, local_targets, with_entropy, chunk_size)
         stats = reduce_stats_across_tp(local, tp_group)
         log_sum_exp = stats.sum_exp.log()
         lse = stats.max + log_sum_exp
         logprobs = stats.target_logit - lse
         entropy = log_sum_exp - stats.sum_exp_shifted / stats.sum_exp if with_entropy else None
         ctx.save_for_backward(hidden, weight, local_targets, lse, entropy)
-        ctx.tp_group, ctx.chunk_size, ctx.with_entropy = tp_group, chunk_size, with_entropy
+        ctx.tp_group, ctx.chunk_size, ctx.kernels = tp_group, chunk_size, kernels
         return (logprobs, entropy) if with_entropy else logprobs
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy=None):
         hidden, weight, local_targets, lse, entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
-        if grad_logprobs is None:
-            grad_logprobs = torch.zeros_like(lse)
-        grad_logprobs = grad_logprobs.to(lse.dtype)
-        if grad_entropy is not None:
-            grad_entropy = grad_entropy.to(lse.dtype)
+        inputs = SliceGradInputs(
+            local_targets,
+            lse,
+            entropy,
+            torch.zeros_like(lse) if grad_logprobs is None else grad_logprobs.to(lse.dtype),
+            None if grad_entropy is None else grad_entropy.to(lse.dtype),
+        )
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device) if need_hidden else None
         grad_weight = torch.empty_like(weight) if need_weight else None
         width = vocab_slice_width(hidden.shape[0], weight.shape[0], ctx.chunk_size)
         for v0 in range(0, weight.shape[0], width):
             w_slice = weight[v0 : v0 + width]
-            logits = (hidden @ w_slice.t()).to(lse.dtype)
-            grad_logits = _slice_grad_logits(
-                logits, local_targets, v0, lse, entropy, grad_logprobs, grad_entropy
-            ).to(hidden.dtype)
+            grad_logits = ctx.kernels.slice_grad_logits(hidden, w_slice, v0, inputs)
             if need_weight:
                 torch.mm(grad_logits.t(), hidden, out=grad_weight[v0 : v0 + width])
             if need_hidden:
@@ -236,16 +252,16 @@ def compute_vocab_parallel_token_logprobs(
     tp_group,
     chunk_size: int,
     with_entropy: bool = False,
-    local_stats_fn: LocalStatsFn = compute_local_stats_chunked,
+    kernels: LogprobKernels = CHUNKED_KERNELS,
 ):
     """Per-token log-probs [N] fp32 (and entropy [N]) from hidden [N, H] and the local weight shard.
 
-    `local_stats_fn` computes the forward statistics of this shard (the torch chunked loop by
-    default; the Triton kernel plugs in here); backward is always the chunked recomputation.
+    `kernels` supplies the shard's forward statistics and each backward slice's logit gradient
+    (torch matmuls by default; the Triton kernels plug in here).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of token rows, got {chunk_size}")
     check_logprob_inputs(hidden, output_weight_shard, targets, tp_rank_and_size(tp_group)[1])
     return _VocabParallelTokenLogprob.apply(
-        hidden, output_weight_shard, targets, tp_group, with_entropy, chunk_size, local_stats_fn
+        hidden, output_weight_shard, targets, tp_group, with_entropy, chunk_size, kernels
     )
