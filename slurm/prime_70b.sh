@@ -5,7 +5,8 @@
 # not fit): `python tools/plan.py --model llama3-70b --config examples/prime_70b.yaml
 # --script slurm/prime_70b.sh` prints the arithmetic.
 #   sbatch slurm/prime_70b.sh [a.b=value ...]        CONFIG=my.yaml sbatch slurm/prime_70b.sh
-# Env: CONFIG, OVERRIDES (space-separated), NPROC, PYTHON, CONTAINER_IMAGE (pyxis), LOG_DIR.
+# Env: CONFIG, OVERRIDES (space-separated), NPROC, PYTHON, CONTAINER_IMAGE (pyxis), LOG_DIR,
+# MODULE (default prime_megatron.train).
 # Preemption: 15 min before the time limit the batch shell gets USR1, forwards it to the
 # trainer (which checkpoints and exits) and requeues the job; every run passes --resume.
 #SBATCH --job-name=prime-70b
@@ -41,7 +42,7 @@ trap 'preempted=1; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
 srun "${CONTAINER[@]}" --kill-on-bad-exit=1 ${PYTHON:-python} -m torch.distributed.run \
   --nnodes="$SLURM_NNODES" --nproc-per-node="$NPROC" --rdzv-backend=c10d \
   --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$SLURM_JOB_ID" --log-dir="$LOG_DIR" --tee=3 \
-  -m prime_megatron.train --config "$CONFIG" --resume ${OVERRIDES:-} "$@" &
+  -m "${MODULE:-prime_megatron.train}" --config "$CONFIG" --resume ${OVERRIDES:-} "$@" &
 pid=$!
 # A trapped USR1 interrupts `wait`; keep waiting until srun itself has exited.
 while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
