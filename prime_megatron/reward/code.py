@@ -10,8 +10,8 @@ dict `{"inputs": [...], "outputs": [...]}` with an optional `fn_name`:
   `Solution().fn_name(*args)` (or a top-level `fn_name`) is called; the JSON of
   the return value is compared with the output.
 
-Every case runs in its own sandboxed process (`sandbox.py`), so a crash, hang or
-`sys.exit()` costs only that case. Left out: special judges (problems accepting
+Every case runs in its own sandboxed process (`sandbox.py`; one sandbox start-up per
+program), so a crash, hang or `sys.exit()` costs only that case. Left out: special judges (problems accepting
 several answers) and per-problem time limits; the Eurus data has neither.
 """
 from __future__ import annotations
@@ -124,17 +124,15 @@ def run_code_tests(response: str, tests, *, timeout_s: float = 5.0, max_cases: i
     spec = parse_code_tests(tests)
     program = extract_program(response)
     limits = limits or SandboxLimits(wall_s=timeout_s, cpu_s=max(1, math.ceil(timeout_s)))
-    cases = list(zip(spec.inputs, spec.outputs))[:max_cases]
-    statuses = []
-    for case_input, expected in cases:
-        if spec.fn_name is None:
-            run = run_sandboxed(program, stdin=_as_text(case_input), limits=limits)
-            statuses.append(_judge_stdin(run, expected))
-        else:
-            args = case_input if isinstance(case_input, list) else [case_input]
-            run = run_sandboxed(program, fn_name=spec.fn_name, args=args, limits=limits)
-            statuses.append(_judge_call(run, expected))
-    return CodeResult(statuses.count("pass"), len(cases), statuses)
+    inputs, outputs = spec.inputs[:max_cases], spec.outputs[:max_cases]
+    if spec.fn_name is None:
+        runs = run_sandboxed(program, [_as_text(x) for x in inputs], limits=limits)
+        statuses = [_judge_stdin(run, expected) for run, expected in zip(runs, outputs)]
+    else:
+        args = [x if isinstance(x, list) else [x] for x in inputs]
+        runs = run_sandboxed(program, args, fn_name=spec.fn_name, limits=limits)
+        statuses = [_judge_call(run, expected) for run, expected in zip(runs, outputs)]
+    return CodeResult(statuses.count("pass"), len(inputs), statuses)
 
 
 def grade_code(program: str, tests, *, timeout_s: float = 5.0, max_cases: int = 10) -> float:

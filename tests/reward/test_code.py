@@ -81,15 +81,27 @@ def test_bad_ground_truth_is_named(bad, key):
 def test_limits_on_benign_programs():
     limits = SandboxLimits(wall_s=10, cpu_s=10, max_processes=8)
     forks = ("import os, time\nn = 0\nfor _ in range(20):\n    try:\n        pid = os.fork()\n"
-             "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(2)\n        os._exit(0)\n"
+             "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
              "    n += 1\nprint(n)\n")
-    # 8 processes for the fresh uid: this one plus 7 children.
-    assert run_sandboxed(forks, limits=limits).stdout == b"7\n"
-    alloc = "x = bytearray({n})\nprint('ok')\n"
-    assert run_sandboxed(alloc.format(n=100 << 20), limits=limits).stdout == b"ok\n"
-    assert run_sandboxed(alloc.format(n=2 << 30), limits=limits).status == "error"  # MemoryError at 1 GiB
-    run = run_sandboxed("import sys\nprint(sys.stdin.read()[::-1])", stdin="abc", limits=limits)
+    # 8 processes for the fresh uid: this one plus 7 children. The children outlive case 1 unless the
+    # harness kills them; case 2 then gets the full budget again.
+    assert [r.stdout for r in run_sandboxed(forks, ["", ""], limits=limits)] == [b"7\n", b"7\n"]
+    alloc = "x = bytearray(int(input()))\nprint('ok')\n"
+    small, large = run_sandboxed(alloc, [str(100 << 20), str(2 << 30)], limits=limits)
+    assert small.stdout == b"ok\n"
+    assert large.status == "error" and "MemoryError" in large.stderr_tail  # the 1 GiB address-space limit
+    # Each case starts with empty scratch space: files a previous case left are gone.
+    marker = "import os\nprint(os.path.exists('/tmp/m'), os.path.exists('m'))\nopen('/tmp/m', 'w'); open('m', 'w')\n"
+    assert [r.stdout for r in run_sandboxed(marker, ["", ""], limits=limits)] == [b"False False\n"] * 2
+    run = run_sandboxed("import sys\nprint(sys.stdin.read()[::-1])", ["abc"], limits=limits)[0]
     assert run.stdout == b"cba\n" and {"pidns", "netns", "fresh-uid", "rlimits"} <= set(run.protections)
+
+
+def test_sandbox_rejects_malformed_cases():
+    with pytest.raises(TypeError, match=r"cases\[1\] must be stdin text"):
+        run_sandboxed("print(1)", ["", 3])
+    with pytest.raises(TypeError, match=r"cases\[0\] must be a list of call arguments"):
+        run_sandboxed("def f(): pass", ["x"], fn_name="f")
 
 
 # ---------------------------------------------------------------- adversarial programs
