@@ -27,6 +27,10 @@ import torch.distributed as dist
 from prime_megatron.checkpoint.megatron_io import check_checkpoint_dir, save_sharded
 
 STATE_FILE = "trainer_state.json"
+# megatron's default DistributedOptimizer format ("fully_sharded_model_space") needs flattened
+# ShardedTensor ranges that dist_checkpointing 0.16 rejects; "dp_reshardable" saves and
+# reloads there and on newer releases (PLATFORM.md).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 LATEST_FILE = "latest"
 
 
@@ -44,7 +48,25 @@ def _rng_object(parallel):
     return ShardedObject("rng_state", state, (parallel.world_size,), (parallel.rank,), replica_id=0)
 
 
+def _materialise_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer its Adam state before a load: megatron's optimizer state_dict
+    reads `step` from that state, and dist_checkpointing loads into existing tensors. A step on
+    zero gradients creates zero moments; with weight decay it nudges the weights, which the
+    load then overwrites."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = inner.optimizer
+        if torch_optimizer.state:
+            continue
+        for group in torch_optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        torch_optimizer.step()
+        torch_optimizer.zero_grad()
+
+
 def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool) -> dict:
+    from megatron.core.dist_checkpointing.utils import add_prefix_for_sharding
+
     state = {"rng": _rng_object(parallel)}
     for name, model in models.items():
         # Prefixed keys ("policy.decoder...") keep the two models apart in one checkpoint and let
@@ -52,7 +74,13 @@ def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool
         model_sd = unwrap_model(model).sharded_state_dict(prefix=f"{name}.")
         state[name] = model_sd
         if name in optimizers:
-            state[f"{name}_optimizer"] = optimizers[name].sharded_state_dict(model_sd, is_loading=is_loading)
+            if is_loading:
+                _materialise_optimizer_state(optimizers[name])
+            optimizer_sd = optimizers[name].sharded_state_dict(model_sd, is_loading=is_loading,
+                                                               metadata=OPTIMIZER_METADATA)
+            # megatron names optimizer objects by dp group only: two optimizers would collide.
+            add_prefix_for_sharding(optimizer_sd, f"{name}_optimizer.")
+            state[f"{name}_optimizer"] = optimizer_sd
     return state
 
 
@@ -104,7 +132,10 @@ def load_train_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: 
         if missing or result.unexpected_keys:
             raise RuntimeError(f"{path}: {name} could not load {missing} (unexpected: {result.unexpected_keys})")
         if name in optimizers:
-            optimizers[name].load_state_dict(loaded[f"{name}_optimizer"])
+            # fp32 training: the optimizer's main params are views of the model's leaf parameters,
+            # which megatron copies into in place; that is only legal without autograd recording.
+            with torch.no_grad():
+                optimizers[name].load_state_dict(loaded[f"{name}_optimizer"])
     rng = loaded["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
