@@ -209,15 +209,15 @@ class SGLangEngine:
         self._group_name = group_name
 
     def _send_bucket_nccl(self, bucket) -> None:
-        flat = flatten_bucket(bucket, device=torch.device("cuda", torch.cuda.current_device()))
+        # align_bytes=1: SGLang rebuilds the receive buffer with its FlattenedTensorBucket,
+        # tensors back to back in order, and fills it with one broadcast from rank 0.
+        flat = flatten_bucket(bucket, device=torch.device("cuda", torch.cuda.current_device()), align_bytes=1)
         result: dict = {}
         remote = threading.Thread(target=lambda: result.update(reply=self.engine.update_weights_from_distributed(
             names=list(flat.names), dtypes=[str(d).removeprefix("torch.") for d in flat.dtypes],
             shapes=[list(s) for s in flat.shapes], group_name=self._group_name,
             flush_cache=False, load_format="flattened_bucket")))
         remote.start()
-        # SGLang rebuilds the same byte layout (tensors back to back in order) and receives it
-        # with one broadcast from rank 0.
         torch.distributed.broadcast(flat.buffer, src=0, group=self._group)
         remote.join()
         ok, message = result["reply"]

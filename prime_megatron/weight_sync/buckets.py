@@ -48,29 +48,43 @@ def bucketize(
 
 @dataclass(frozen=True)
 class FlatBucket:
-    """One bucket as a single uint8 buffer; tensor i lives at bytes [offsets[i], offsets[i+1])."""
+    """One bucket as a single uint8 buffer; tensor i lives at bytes spans[i] = (start, end)."""
 
     buffer: torch.Tensor
     names: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
     shapes: tuple[tuple[int, ...], ...]
-    offsets: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
 
     @property
     def nbytes(self) -> int:
         return self.buffer.numel()
 
 
-def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None) -> FlatBucket:
-    """Copy every tensor of `bucket` into one fresh contiguous uint8 buffer."""
+def _spans(bucket, align_bytes: int) -> list[tuple[int, int]]:
+    spans, end = [], 0
+    for _, tensor in bucket:
+        start = -(-end // align_bytes) * align_bytes
+        end = start + tensor_nbytes(tensor)
+        spans.append((start, end))
+    return spans
+
+
+def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None, align_bytes: int = 16) -> FlatBucket:
+    """Copy every tensor of `bucket` into one fresh contiguous uint8 buffer.
+
+    Each tensor starts at a multiple of `align_bytes`, so that it can be viewed back as its
+    dtype (a view needs an offset divisible by the element size). `align_bytes=1` packs them
+    back to back, the layout SGLang's FlattenedTensorBucket rebuilds on the receiving side.
+    """
     if not bucket:
         raise ValueError("flatten_bucket: bucket is empty")
-    offsets = [0]
-    for _, tensor in bucket:
-        offsets.append(offsets[-1] + tensor_nbytes(tensor))
+    if align_bytes < 1:
+        raise ValueError(f"align_bytes must be >= 1, got {align_bytes}")
+    spans = _spans(bucket, align_bytes)
     device = bucket[0][1].device if device is None else device
-    buffer = torch.empty(offsets[-1], dtype=torch.uint8, device=device)
-    for (_, tensor), start, end in zip(bucket, offsets[:-1], offsets[1:]):
+    buffer = torch.zeros(spans[-1][1], dtype=torch.uint8, device=device)
+    for (_, tensor), (start, end) in zip(bucket, spans):
         # view(uint8) of a contiguous tensor reinterprets its bytes without a copy; the one
         # copy is into the buffer.
         buffer[start:end].copy_(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
@@ -79,14 +93,13 @@ def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None) -> Fl
         names=tuple(name for name, _ in bucket),
         dtypes=tuple(tensor.dtype for _, tensor in bucket),
         shapes=tuple(tuple(tensor.shape) for _, tensor in bucket),
-        offsets=tuple(offsets),
+        spans=tuple(spans),
     )
 
 
 def unflatten_bucket(flat: FlatBucket) -> list[tuple[str, torch.Tensor]]:
     """Views (no copy) into `flat.buffer` with the original names, dtypes and shapes."""
-    out = []
-    for i, name in enumerate(flat.names):
-        chunk = flat.buffer[flat.offsets[i] : flat.offsets[i + 1]]
-        out.append((name, chunk.view(flat.dtypes[i]).reshape(flat.shapes[i])))
-    return out
+    return [
+        (name, flat.buffer[start:end].view(dtype).reshape(shape))
+        for name, dtype, shape, (start, end) in zip(flat.names, flat.dtypes, flat.shapes, flat.spans)
+    ]
