@@ -91,6 +91,7 @@ class _VocabParallelLogprobs(torch.autograd.Function):
             logprobs[start:stop] = t_logit - lz
             if with_entropy:
                 mean_x[start:stop] = mx
+            del x  # free this chunk before the next one is allocated
         ctx.save_for_backward(logits, targets, log_z, mean_x if with_entropy else log_z)
         ctx.args = (chunk_size, with_entropy, vocab_size, temperature, vocab_start)
         entropy = (log_z - mean_x) if with_entropy else None
@@ -125,6 +126,7 @@ class _VocabParallelLogprobs(torch.autograd.Function):
             if temperature != 1.0:
                 g.div_(temperature)
             grad[start:stop] = g
+            del x, p, g, entropy_term  # free this chunk before the next one is allocated
         return grad, None, None, None, None, None, None
 
 

@@ -118,7 +118,22 @@ def _parity_worker(rank, world_size):
         entry["grad_err"] = _grad_errors(grads, ref_grads, parallel, arch.num_layers)
         entry["train"] = _train_check(tied, full_tied, batch, parallel, mbs)
         report[(tp, pp)] = entry
-    return report
+    # numpy, not tensors: torch pickles tensors through shared memory that dies with this process.
+    return _to_numpy(report)
+
+
+def _to_numpy(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def _to_torch(obj):
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    return torch.from_numpy(obj) if hasattr(obj, "dtype") and hasattr(obj, "shape") and obj.shape != () else obj
 
 
 def _grad_errors(grads, ref_grads, parallel, num_layers):
@@ -134,7 +149,7 @@ def _grad_errors(grads, ref_grads, parallel, num_layers):
 
 
 def test_tp_pp_parity_of_logprobs_losses_and_gradients():
-    reports = run_distributed(_parity_worker, world_size=4, timeout_s=420)
+    reports = [_to_torch(r) for r in run_distributed(_parity_worker, world_size=4, timeout_s=420)]
     batch = _batch()
     mask = batch.response_mask().bool()
     ref = reports[0][(1, 1)]
