@@ -52,7 +52,9 @@ def run_distributed(fn, world_size: int, args: tuple = (), timeout_s: float = 24
     results = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_entry, args=(fn, rank, world_size, port, args, results), daemon=True)
+        # Not daemonic: dist_checkpointing.save starts writer processes of its own. Cleanup
+        # below kills any rank still alive, so nothing outlives the test.
+        ctx.Process(target=_entry, args=(fn, rank, world_size, port, args, results), daemon=False)
         for rank in range(world_size)
     ]
     for proc in procs:
