@@ -182,6 +182,8 @@ def convert_hf_to_megatron(hf_dir: str | os.PathLike, out_dir: str | os.PathLike
     `out_dir/hf_config` for the way back.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"HF checkpoint directory {hf_dir} does not exist")
     _check_out_dir(out_dir)
     arch = load_arch(hf_dir)
     arch.check_tp(tp)
