@@ -105,7 +105,8 @@ def _slice_stats(logits: torch.Tensor, local_targets: torch.Tensor, v0: int, wit
     shifted = logits.sub_(m.unsqueeze(1))
     if with_entropy:
         e = shifted.exp()
-        return TokenStats(m, e.sum(dim=1), (e * shifted).sum(dim=1), target_logit)
+        sum_exp = e.sum(dim=1)
+        return TokenStats(m, sum_exp, e.mul_(shifted).sum(dim=1), target_logit)
     return TokenStats(m, shifted.exp_().sum(dim=1), None, target_logit)
 
 
