@@ -83,8 +83,11 @@ def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None, align
         raise ValueError(f"align_bytes must be >= 1, got {align_bytes}")
     spans = _spans(bucket, align_bytes)
     device = bucket[0][1].device if device is None else device
-    buffer = torch.zeros(spans[-1][1], dtype=torch.uint8, device=device)
+    buffer = torch.empty(spans[-1][1], dtype=torch.uint8, device=device)
+    gap_start = 0
     for (_, tensor), (start, end) in zip(bucket, spans):
+        buffer[gap_start:start].zero_()  # alignment padding: defined bytes, not stale memory
+        gap_start = end
         # view(uint8) of a contiguous tensor reinterprets its bytes without a copy; the one
         # copy is into the buffer.
         buffer[start:end].copy_(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
