@@ -15,6 +15,12 @@ the output of `prime_megatron.weight_sync.iter_hf_tensors`):
 
 Around an update generation is paused and the radix/KV cache flushed once at the end.
 
+Placement: the trainer calls every engine method on every rank (the RL loop is SPMD). The
+`sglang.Engine` lives on global rank 0 (`engine_rank`), which runs SGLang's own TP workers
+over `tp` GPUs of its node; `generate` results are broadcast so every rank holds the same
+samples, and `update_weights` takes each rank's own `iter_hf_tensors` stream and funnels
+the pipeline stages' tensors to rank 0 (`weight_sync.gather.forward_to_rank`).
+
 Log-probs: SGLang by default reports log-probs of the temperature-scaled distribution; we
 set `SGLANG_RETURN_ORIGINAL_LOGPROB=1` before it starts so that, like the megatron-native
 engine, `Sample.logprobs` are the raw model log-probs at temperature 1.
@@ -38,7 +44,7 @@ from prime_megatron.weight_sync.buckets import DEFAULT_BUCKET_BYTES, bucketize, 
 INSTALL_HINT = (
     "SGLangEngine needs SGLang and a CUDA GPU: `pip install 'sglang[all]>=0.5.11,<0.6'` "
     "(or `pip install prime-megatron[gpu]`) in a CUDA environment. On CPU use "
-    "rollout.engine=megatron_native."
+    "rollout.engine=megatron."
 )
 
 
@@ -66,13 +72,23 @@ def _parse_output(out: dict, prompt_index: int) -> Sample:
 
 
 class SGLangEngine:
-    """`RolloutEngine` over an in-process `sglang.Engine`, held by one trainer process."""
+    """`RolloutEngine` over an in-process `sglang.Engine` held by global rank 0; collective."""
+
+    engine_rank = 0
+
+    @classmethod
+    def from_config(cls, rollout_cfg, *, model_path: str, parallel, seed: int = 0) -> "SGLangEngine":
+        """From config.RolloutConfig (sglang_tp, colocate, sglang_mem_fraction)."""
+        return cls(model_path, tp=rollout_cfg.sglang_tp, parallel=parallel, seed=seed,
+                   mode="colocated" if rollout_cfg.colocate else "distributed",
+                   mem_fraction_static=rollout_cfg.sglang_mem_fraction)
 
     def __init__(
         self,
         model_path: str,
         *,
         tp: int,
+        parallel=None,
         mode: Literal["colocated", "distributed"] = "colocated",
         mem_fraction_static: float = 0.5,
         seed: int = 0,
@@ -84,8 +100,14 @@ class SGLangEngine:
         if mode not in ("colocated", "distributed"):
             raise ValueError(f"SGLangEngine mode must be 'colocated' or 'distributed', got {mode!r}")
         os.environ["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"  # read by the scheduler processes
-        sglang = _import_sglang()
+        sglang = _import_sglang()  # on every rank: fail everywhere, with the same message
         self.mode, self.tp, self.bucket_bytes, self.deterministic = mode, tp, bucket_bytes, deterministic
+        self.parallel = parallel
+        self._group_name: str | None = None
+        self._group = None
+        self.engine = None
+        if not self._is_engine_rank:
+            return
         if deterministic:
             # Per-request sampling seeds are honoured only by the torch sampling backend.
             engine_kwargs.update(enable_deterministic_inference=True, sampling_backend="pytorch")
@@ -99,8 +121,21 @@ class SGLangEngine:
             enable_memory_saver=(mode == "colocated"),
             **engine_kwargs,
         )
-        self._group_name: str | None = None
-        self._group = None
+        if mode == "distributed":
+            # SGLang's workers run on this node, so the group rendezvous is local.
+            self.connect_update_group("127.0.0.1", _free_port())
+
+    @property
+    def _is_engine_rank(self) -> bool:
+        return not torch.distributed.is_initialized() or torch.distributed.get_rank() == self.engine_rank
+
+    def _share(self, value):
+        """Broadcast a picklable value from the engine rank to every rank."""
+        if not torch.distributed.is_initialized():
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=self.engine_rank)
+        return box[0]
 
     # ---- generation -------------------------------------------------------------------------
     def _request_params(self, params: SamplingParams, index: int) -> dict:
@@ -118,7 +153,11 @@ class SGLangEngine:
         return request
 
     def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> list[Sample]:
+        """Collective: rank 0 generates, every rank returns the same samples."""
         check_prompts(prompt_token_ids)
+        return self._share(self._generate_local(prompt_token_ids, params) if self._is_engine_rank else None)
+
+    def _generate_local(self, prompt_token_ids: list[list[int]], params: SamplingParams) -> list[Sample]:
         expanded = [ids for ids in prompt_token_ids for _ in range(params.n)]
         outputs = self.engine.generate(
             input_ids=[list(map(int, ids)) for ids in expanded],
@@ -129,12 +168,12 @@ class SGLangEngine:
 
     # ---- memory -----------------------------------------------------------------------------
     def sleep(self) -> None:
-        if self.mode == "colocated":
+        if self.mode == "colocated" and self._is_engine_rank:
             self.engine.flush_cache()
             self.engine.release_memory_occupation()
 
     def wake(self) -> None:
-        if self.mode == "colocated":
+        if self.mode == "colocated" and self._is_engine_rank:
             self.engine.resume_memory_occupation()
 
     # ---- weight updates -----------------------------------------------------------------------
@@ -161,7 +200,19 @@ class SGLangEngine:
         )
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named full tensors bucket by bucket, then flush the cache once."""
+        """Load HF-named full tensors bucket by bucket, then flush the cache once.
+
+        Collective when `parallel` is given: each rank passes its own `iter_hf_tensors`
+        stream; the stages' tensors are funnelled to the engine rank.
+        """
+        if self.parallel is not None:
+            from prime_megatron.weight_sync.gather import forward_to_rank
+
+            named_tensors = forward_to_rank(iter(named_tensors), parallel=self.parallel, dst=self.engine_rank)
+        if not self._is_engine_rank:
+            for _ in named_tensors:  # drive the sends / all-gathers of this rank
+                pass
+            return
         if self.mode == "distributed" and self._group is None:
             raise RuntimeError("SGLangEngine(mode='distributed'): call connect_update_group() first")
         self._pause()
@@ -225,4 +276,13 @@ class SGLangEngine:
             raise RuntimeError(f"SGLang update_weights_from_distributed failed: {message}")
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        if self.engine is not None:
+            self.engine.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -76,14 +76,24 @@ def _stage_senders(parallel) -> list[int]:
 def iter_hf_tensors_on_rank(model, *, parallel, arch, dst: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Like `iter_hf_tensors`, but every tensor of every stage is yielded on global rank `dst`
     only (in layer order), sent point-to-point by the stage senders. Collective over all ranks."""
+    return forward_to_rank(iter_hf_tensors(model, parallel=parallel, arch=arch), parallel=parallel, dst=dst)
+
+
+def forward_to_rank(named_tensors: Iterator[tuple[str, torch.Tensor]], *, parallel,
+                    dst: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Funnel each rank's `iter_hf_tensors` stream to global rank `dst`, stage by stage.
+
+    Collective: every rank passes its own (lazy) stream; it is driven while the loop is at
+    that rank's pipeline stage, so TP peers still meet in their all-gathers.
+    """
     senders = _stage_senders(parallel)
     if dst not in senders:
-        raise ValueError(f"iter_hf_tensors_on_rank: dst={dst} must be a stage sender (the dp 0, tp 0 "
-                         f"rank of a pipeline stage: one of {senders}); global rank 0 always is")
+        raise ValueError(f"forward_to_rank: dst={dst} must be a stage sender (the dp 0, tp 0 rank of a "
+                         f"pipeline stage: one of {senders}); global rank 0 always is")
     rank = dist.get_rank()
     for stage, sender in enumerate(senders):
         if stage == parallel.pp_rank:
-            for name, tensor in iter_hf_tensors(model, parallel=parallel, arch=arch):
+            for name, tensor in named_tensors:
                 if rank == dst:
                     yield name, tensor
                 else:
