@@ -23,7 +23,7 @@ all of them are active:
   size-capped tmpfs instances cover /tmp, /var/tmp, /dev/shm and /run/lock.
   The tmpfs instances are replaced before every case, and the program's
   working directory is a fresh directory in them.
-- a fresh unprivileged uid/gid per run (root only: 100000 + harness pid), no
+- a fresh unprivileged uid/gid per program (root only: 2e9 + harness pid), no
   supplementary groups, `no_new_privs`: it cannot write root-owned files,
   read other processes' `/proc/<pid>/environ`, or signal its parent.
 - rlimits: CPU seconds, address space, file size, open files, core dumps
@@ -34,14 +34,17 @@ all of them are active:
   init); the caller starts the harness in a new session and kills that
   process group if the harness itself overruns.
 
-Fallbacks: a non-root caller gets a user namespace (same namespaces, but the
-program keeps the caller's uid, so it can write where the caller can outside
-the covered tmp dirs, and RLIMIT_NPROC counts the caller's processes); if no
-namespace can be created only rlimits, the session kill and the scrubbed
-environment remain, and a program that calls `setsid()` can outlive a
-timeout. Deliberately left out: seccomp syscall filtering (no maintained
-pure-Python package here) and cgroup memory/pids accounting (rlimits bound
-each process; RLIMIT_NPROC bounds their number).
+Fallbacks (written, but not exercised here: this machine's tests run as root):
+a non-root caller gets a user namespace (same namespaces, but the program keeps
+the caller's uid, so it can write where the caller can outside the covered
+scratch dirs, and RLIMIT_NPROC is not set); if no namespace can be created
+(e.g. a container whose seccomp profile forbids unshare) only the fresh uid
+(as root), rlimits, the scrubbed environment and a per-case session kill
+remain, and a program that calls `setsid()` can outlive its case. The
+interpreter itself must be readable by the fresh uid in that case.
+Deliberately left out: seccomp syscall filtering (no maintained pure-Python
+package here) and cgroup memory/pids accounting (rlimits bound each process;
+RLIMIT_NPROC bounds their number). Needs Linux >= 5.3 (pidfd_open).
 
 This module uses only the standard library because it runs as a script.
 """
@@ -62,7 +65,7 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _MNT_DETACH = 2
-_UID_BASE = 100000
+_UID_BASE = 2_000_000_000  # far above login, LDAP and subuid ranges; + pid stays < 2**31
 _SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _WORKDIR = "/tmp/sandbox"
 # Imports LeetCode-style solutions assume without writing them (`List[int]`, `deque`, ...).
@@ -372,7 +375,6 @@ import selectors  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 

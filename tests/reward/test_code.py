@@ -15,7 +15,11 @@ import pytest
 
 from prime_megatron.reward.code import (
     compute_stdout_match, compute_value_match, extract_program, grade_code, parse_code_tests, run_code_tests)
-from prime_megatron.reward.sandbox import SandboxLimits, run_sandboxed
+from prime_megatron.reward.sandbox import _UID_BASE, SandboxLimits, run_sandboxed
+
+# The confinement these tests check (fresh uid, RLIMIT_NPROC) is the root configuration; the
+# non-root fallbacks are weaker by design (see sandbox.py's docstring).
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="sandbox confinement tests need root (fresh uid)")
 
 ADD_STDIN = {"inputs": ["1 2\n", "10 -3\n", "0 0\n", "5 5\n"], "outputs": ["3\n", "7\n", "0\n", "10\n"]}
 TWO_SUM = {"fn_name": "twoSum", "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6], [[3, 3], 6]],
@@ -78,6 +82,7 @@ def test_bad_ground_truth_is_named(bad, key):
 
 # ---------------------------------------------------------------- limits bite where intended
 
+@needs_root
 def test_limits_on_benign_programs():
     limits = SandboxLimits(wall_s=10, cpu_s=10, max_processes=8)
     forks = ("import os, time\nn = 0\nfor _ in range(20):\n    try:\n        pid = os.fork()\n"
@@ -172,12 +177,12 @@ print({TOKEN!r} if hits else 'denied')
 
 
 def _sandbox_processes() -> list[int]:
-    """Pids of live processes owned by a sandbox uid (>= 100000, see sandbox._UID_BASE)."""
+    """Pids of live processes owned by a sandbox uid."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid >= 100000:
+                if os.stat(f"/proc/{entry}").st_uid >= _UID_BASE:
                     pids.append(int(entry))
             except FileNotFoundError:
                 pass
@@ -236,6 +241,7 @@ ATTACKS = ["infinite_loop", "fork_bomb", "memory", "huge_print", "files", "envir
            "kill_parent", "exit_before_tests_stdin", "exit_before_tests_call", "os_exit_in_call"]
 
 
+@needs_root
 @pytest.mark.parametrize("name", ATTACKS)
 def test_adversarial_program_scores_zero_within_limits(attack_results, name):
     results, _ = attack_results
@@ -245,6 +251,7 @@ def test_adversarial_program_scores_zero_within_limits(attack_results, name):
     assert seconds < TIMEOUT_S + 5.0
 
 
+@needs_root
 def test_adversaries_failed_for_the_expected_reason(attack_results):
     results, _ = attack_results
     statuses = {name: results[name][0].statuses[0] for name in ATTACKS}
@@ -258,6 +265,7 @@ def test_adversaries_failed_for_the_expected_reason(attack_results):
         assert statuses[name] == "wrong", name  # ran to the end and printed that the attack failed
 
 
+@needs_root
 def test_machine_left_as_it_was(attack_results):
     _, state = attack_results
     assert set(state["canaries"].values()) == {"intact"}
