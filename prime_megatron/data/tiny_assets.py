@@ -22,6 +22,7 @@ from pathlib import Path
 
 DATA_SOURCE = "arithmetic"
 SPLIT_SIZES = {"val": 200, "train": 3000, "sft": 2000}
+MAX_OPERAND, THREE_TERM_PROB = 99, 0.4
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Whole-word tokens, built by BPE merges, for words every prompt or response carries.
 MERGED_WORDS = ("system", "user", "assistant", "Compute", "\\boxed")
@@ -37,10 +38,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def compute_problem(rng: random.Random) -> tuple[str, list[int], list[str]]:
+def compute_problem(rng: random.Random, *, max_operand: int = MAX_OPERAND,
+                    three_term_prob: float = THREE_TERM_PROB) -> tuple[str, list[int], list[str]]:
     """One random problem: its expression text, the operands and the operators."""
-    num_terms = 2 if rng.random() < 0.6 else 3
-    operands = [rng.randint(0, 99) for _ in range(num_terms)]
+    num_terms = 3 if rng.random() < three_term_prob else 2
+    operands = [rng.randint(0, max_operand) for _ in range(num_terms)]
     ops = [rng.choice("+-") for _ in range(num_terms - 1)]
     expr = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:]))
     return expr, operands, ops
@@ -61,14 +63,21 @@ def _prompt_messages(expr: str) -> list[dict]:
     return [{"role": "user", "content": f"Compute {expr}."}]
 
 
-def generate_splits(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, list[dict]]:
+def generate_splits(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES, **problem_kw) -> dict[str, list[dict]]:
     """Rows for each split; no expression appears in two splits (or twice in one)."""
+    max_operand = problem_kw.get("max_operand", MAX_OPERAND)
+    three_term_prob = problem_kw.get("three_term_prob", THREE_TERM_PROB)
+    n = max_operand + 1
+    distinct = (2 * n**2 if three_term_prob < 1 else 0) + (4 * n**3 if three_term_prob > 0 else 0)
+    if sum(sizes.values()) > distinct // 2:  # keep rejection sampling fast and the splits varied
+        raise ValueError(f"{sum(sizes.values())} distinct problems requested, but only {distinct} exist "
+                         f"with max_operand={max_operand}, three_term_prob={three_term_prob}")
     rng, seen = random.Random(seed), set()
     splits: dict[str, list[dict]] = {}
     for split, size in sizes.items():
         rows = []
         while len(rows) < size:
-            expr, operands, ops = compute_problem(rng)
+            expr, operands, ops = compute_problem(rng, **problem_kw)
             if expr in seen:
                 continue
             seen.add(expr)
