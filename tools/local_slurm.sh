@@ -47,7 +47,7 @@ cmd_install() {
 
 write_slurm_conf() {  # $1 = 1 when accounting is on
   local cpus mem_mb
-  cpus=$(nproc)
+  cpus=$(nproc --all)  # not plain nproc: it obeys OMP_NUM_THREADS
   mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))
   cat > "$SLURM_CONF" <<EOF
 ClusterName=prime
@@ -91,6 +91,8 @@ start_munge() {
   alive munged && return 0
   install -d -o munge -g munge -m 700 "$DIR/munge"
   chown munge:munge "$DIR/run"
+  runuser -u munge -- test -w "$DIR/munge" \
+    || die "user munge cannot reach $DIR: every parent directory must be world-searchable (o+x)"
   # munged refuses a socket dir writable by others; $DIR/run is 755 and owned by munge.
   runuser -u munge -- /usr/sbin/munged --socket="$DIR/run/munge.socket" \
     --pid-file="$DIR/run/munged.pid" --log-file="$DIR/munge/munged.log" \
