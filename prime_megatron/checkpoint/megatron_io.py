@@ -48,7 +48,12 @@ def save_sharded(state: dict, path: str | os.PathLike, *, rank: int,
             shutil.rmtree(tmp)  # leftover of an interrupted save
         tmp.mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(state, str(tmp), async_sharded_save=False)
+    try:
+        dist_checkpointing.save(state, str(tmp), async_sharded_save=False)
+    except BaseException:
+        if rank == 0:  # a failed save is never resumed: do not leave its pieces behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _barrier()
     if rank == 0:
         if finalize is not None:

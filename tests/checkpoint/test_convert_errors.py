@@ -34,7 +34,7 @@ def _copy(src, dst):
 
 def _assert_no_leftovers(out):
     assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.", f"{out.name}."))]
 
 
 def test_missing_config_names_the_file(tmp_path):
@@ -104,6 +104,13 @@ def test_failure_mid_conversion_leaves_no_output(sources, tmp_path, monkeypatch)
 
     monkeypatch.setattr(convert.hm, "hf_to_megatron", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
+        convert_hf_to_megatron(sources / "single", tmp_path / "meg", progress=False)
+    _assert_no_leftovers(tmp_path / "meg")
+    monkeypatch.undo()
+    from megatron.core import dist_checkpointing
+
+    monkeypatch.setattr(dist_checkpointing, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("quota exceeded")))
+    with pytest.raises(OSError, match="quota exceeded"):
         convert_hf_to_megatron(sources / "single", tmp_path / "meg", progress=False)
     _assert_no_leftovers(tmp_path / "meg")
     monkeypatch.setattr(convert.hm, "megatron_to_hf", lambda *a: (_ for _ in ()).throw(RuntimeError("interrupted")))
