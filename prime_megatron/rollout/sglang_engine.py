@@ -103,6 +103,7 @@ class SGLangEngine:
         sglang = _import_sglang()  # on every rank: fail everywhere, with the same message
         self.mode, self.tp, self.bucket_bytes, self.deterministic = mode, tp, bucket_bytes, deterministic
         self.parallel = parallel
+        self.dtype = getattr(torch, dtype)  # tensors are cast to it before bucketing: fewer bytes sent
         self._group_name: str | None = None
         self._group = None
         self.engine = None
@@ -217,7 +218,8 @@ class SGLangEngine:
             raise RuntimeError("SGLangEngine(mode='distributed'): call connect_update_group() first")
         self._pause()
         try:
-            for bucket in bucketize(named_tensors, self.bucket_bytes):
+            cast = ((name, t.to(self.dtype) if t.is_floating_point() else t) for name, t in named_tensors)
+            for bucket in bucketize(cast, self.bucket_bytes):
                 if self.mode == "colocated":
                     self._send_bucket_ipc(bucket)
                 else:
