@@ -55,6 +55,8 @@ def iter_hf_tensors(model, *, parallel, arch) -> Iterator[tuple[str, torch.Tenso
     """
     if parallel.dp_rank != 0:
         return
+    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers: names without "module."
+        model = model.module
     offset = stage_layer_offset(model)
     for local_name, param in model.named_parameters():
         name = to_global_name(local_name, offset)
