@@ -1,11 +1,13 @@
 """The tiny CPU example's assets: an arithmetic task, a byte-level BPE tokenizer, a Qwen2 config.
 
-The task is integer arithmetic with two or three terms of 0..99 joined by ``+``/``-``
-(``Compute 47+38-15.``). The worked response writes one partial result per line
-and ends with ``\\boxed{answer}``, which the real math verifier grades. Two-digit
-carries and borrows, and the chained three-term problems, make the task hard for a
-sub-million-parameter model after a short supervised warm-up, yet every step is
-local enough that a rise under RL is reachable on 2 CPU cores in minutes.
+The task is two-digit addition and subtraction (``Compute 47+38.``, ``Compute 52-38.``,
+never a negative result), answered by column arithmetic: a units line, a tens line
+with the carry or borrow, then ``\\boxed{answer}``, which the real math verifier
+grades. Every line is a one-digit fact that held-out problems share with the
+training problems, so a sub-million-parameter model can generalise; getting the
+carry/borrow, the copied digits and the assembled answer all right is what a short
+supervised warm-up leaves imperfect and RL can improve. The steps also give the
+implicit PRM something to credit token by token.
 
 Splits are disjoint by expression: ``val`` (held out), ``train`` (RL prompts) and
 ``sft`` (warm-up pairs). Everything is a pure function of the seed and the files
@@ -22,7 +24,6 @@ from pathlib import Path
 
 DATA_SOURCE = "arithmetic"
 SPLIT_SIZES = {"val": 200, "train": 3000, "sft": 2000}
-MAX_OPERAND, THREE_TERM_PROB = 99, 0.4
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Whole-word tokens, built by BPE merges, for words every prompt or response carries.
 MERGED_WORDS = ("system", "user", "assistant", "Compute", "\\boxed")
@@ -38,50 +39,60 @@ CHAT_TEMPLATE = (
 )
 
 
-def compute_problem(rng: random.Random, *, max_operand: int = MAX_OPERAND,
-                    three_term_prob: float = THREE_TERM_PROB) -> tuple[str, list[int], list[str]]:
-    """One random problem: its expression text, the operands and the operators."""
-    num_terms = 3 if rng.random() < three_term_prob else 2
-    operands = [rng.randint(0, max_operand) for _ in range(num_terms)]
-    ops = [rng.choice("+-") for _ in range(num_terms - 1)]
-    expr = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:]))
-    return expr, operands, ops
+def compute_problem(rng: random.Random) -> tuple[int, str, int]:
+    """One random problem ``(a, op, b)``: ``a+b`` or ``a-b`` with ``0 <= b <= a`` for ``-``, all < 100."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    op = rng.choice("+-")
+    if op == "-" and b > a:
+        a, b = b, a
+    return a, op, b
 
 
-def compute_worked_solution(operands: list[int], ops: list[str]) -> tuple[str, int]:
-    """Left-to-right partial results, one per line, then ``\\boxed{result}``."""
-    lines, acc = [], operands[0]
-    for op, x in zip(ops, operands[1:]):
-        new = acc + x if op == "+" else acc - x
-        lines.append(f"{acc}{op}{x}={new}")
-        acc = new
-    lines.append(f"\\boxed{{{acc}}}")
-    return "\n".join(lines), acc
+def compute_worked_solution(a: int, op: str, b: int) -> tuple[str, int]:
+    """Column arithmetic: the units line, the tens line (with carry or borrow), then ``\\boxed{}``.
+
+    ``47+38``: ``7+8=15`` / ``4+3+1=8`` / ``\\boxed{85}``;  ``52-38``: ``12-8=4`` / ``5-3-1=1`` /
+    ``\\boxed{14}`` (the ``1`` before the units digit marks the borrow). The answer is the tens
+    result followed by the units digit, without a leading zero.
+    """
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    if op == "+":
+        units = a0 + b0
+        carry = units // 10
+        tens = a1 + b1 + carry
+        lines = [f"{a0}+{b0}={units}", f"{a1}+{b1}" + ("+1" if carry else "") + f"={tens}"]
+        digit = units % 10
+    else:
+        borrow = int(a0 < b0)
+        units = a0 + 10 * borrow - b0
+        tens = a1 - b1 - borrow
+        lines = [f"{'1' if borrow else ''}{a0}-{b0}={units}", f"{a1}-{b1}" + ("-1" if borrow else "") + f"={tens}"]
+        digit = units
+    answer = int(f"{tens}{digit}")
+    lines.append(f"\\boxed{{{answer}}}")
+    return "\n".join(lines), answer
 
 
 def _prompt_messages(expr: str) -> list[dict]:
     return [{"role": "user", "content": f"Compute {expr}."}]
 
 
-def generate_splits(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES, **problem_kw) -> dict[str, list[dict]]:
+def generate_splits(seed: int = 0, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, list[dict]]:
     """Rows for each split; no expression appears in two splits (or twice in one)."""
-    max_operand = problem_kw.get("max_operand", MAX_OPERAND)
-    three_term_prob = problem_kw.get("three_term_prob", THREE_TERM_PROB)
-    n = max_operand + 1
-    distinct = (2 * n**2 if three_term_prob < 1 else 0) + (4 * n**3 if three_term_prob > 0 else 0)
+    distinct = 100 * 100 + 100 * 101 // 2  # a+b, and a-b with b <= a
     if sum(sizes.values()) > distinct // 2:  # keep rejection sampling fast and the splits varied
-        raise ValueError(f"{sum(sizes.values())} distinct problems requested, but only {distinct} exist "
-                         f"with max_operand={max_operand}, three_term_prob={three_term_prob}")
+        raise ValueError(f"{sum(sizes.values())} distinct problems requested; only {distinct} exist")
     rng, seen = random.Random(seed), set()
     splits: dict[str, list[dict]] = {}
     for split, size in sizes.items():
         rows = []
         while len(rows) < size:
-            expr, operands, ops = compute_problem(rng, **problem_kw)
+            a, op, b = compute_problem(rng)
+            expr = f"{a}{op}{b}"
             if expr in seen:
                 continue
             seen.add(expr)
-            response, answer = compute_worked_solution(operands, ops)
+            response, answer = compute_worked_solution(a, op, b)
             rows.append(_make_row(split, len(rows), expr, response, answer))
         splits[split] = rows
     return splits

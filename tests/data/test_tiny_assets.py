@@ -8,7 +8,7 @@ import pytest
 from prime_megatron.data.tiny_assets import EOS_TOKEN, generate_splits, render_assets
 
 TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny"
-EXPR = re.compile(r"^Compute (\d+(?:[+-]\d+){1,2})\.$")
+EXPR = re.compile(r"^Compute (\d+[+-]\d+)\.$")
 
 
 def _read_jsonl(name):
@@ -42,6 +42,8 @@ def test_committed_files_equal_a_fresh_generation():
 def test_generation_depends_on_the_seed():
     small = {"val": 5, "train": 5}
     assert generate_splits(1, small) == generate_splits(1, small) != generate_splits(2, small)
+    with pytest.raises(ValueError, match="8000 distinct problems requested"):
+        generate_splits(0, {"train": 8000})
 
 
 def test_ground_truths_and_worked_solutions_are_correct_and_splits_disjoint():
@@ -50,12 +52,14 @@ def test_ground_truths_and_worked_solutions_are_correct_and_splits_disjoint():
         rows = _read_jsonl(f"{split}.jsonl")
         for row in rows:
             assert row["reward_model"]["ground_truth"] == str(_evaluate(_expr(row)))
+            assert _evaluate(_expr(row)) >= 0  # subtraction is posed with the larger number first
             assert row["ability"] == "math"
         exprs[split] = [_expr(r) for r in rows]
     sft = _read_jsonl("sft.jsonl")
     for row in sft:
         *steps, boxed = row["response"].split("\n")
-        for step in steps:  # every partial result "a op b=c" is itself right
+        assert len(steps) == 2  # the units column, then the tens column
+        for step in steps:  # every column line ("7+8=15", "12-8=4", "5-3-1=1") is itself right
             lhs, rhs = step.split("=")
             assert _evaluate(lhs) == int(rhs), step
         assert boxed == f"\\boxed{{{_evaluate(_expr(row))}}}"
