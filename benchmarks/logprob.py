@@ -33,17 +33,20 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="CPU-sized shape (overrides the shape defaults)")
-    p.add_argument("--hidden", type=int, default=3584)
-    p.add_argument("--vocab", type=int, default=152064)
-    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
+    p.add_argument("--small", action="store_true", help="CPU-sized defaults: hidden 256, vocab 8192, tokens 512 2048")
+    p.add_argument("--hidden", type=int, help="default 3584")
+    p.add_argument("--vocab", type=int, help="default 152064")
+    p.add_argument("--tokens", type=int, nargs="+", help="default 4096 16384")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--impls", nargs="+", default=["bare", "naive", "chunked", "triton", "te"])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    if args.small:
-        args.hidden, args.vocab, args.tokens = 256, 8192, [512, 2048]
+    defaults = (256, 8192, [512, 2048]) if args.small else (3584, 152064, [4096, 16384])
+    args.hidden, args.vocab, args.tokens = (
+        given if given is not None else default
+        for given, default in zip((args.hidden, args.vocab, args.tokens), defaults)
+    )
     return args
 
 
