@@ -153,7 +153,17 @@ def compute_token_logprobs(logits_shard: torch.Tensor, targets: torch.Tensor, *,
     if temperature <= 0:
         raise ValueError(f"compute_token_logprobs: temperature must be > 0, got {temperature}")
     lead = targets.shape
-    flat_logits = logits_shard.reshape(-1, logits_shard.shape[-1])
+    try:
+        flat_logits = logits_shard.view(-1, logits_shard.shape[-1])
+    except RuntimeError:
+        # Not flattenable without a copy (e.g. logits[:, k:-1] of a [B, S, V] tensor): score each
+        # leading slice on its own rather than copying all the logits.
+        kwargs = dict(tp_group=tp_group, chunk_size=chunk_size, with_entropy=with_entropy,
+                      vocab_size=vocab_size, temperature=temperature)
+        parts = [compute_token_logprobs(logits_shard[i], targets[i], **kwargs) for i in range(lead[0])]
+        if with_entropy:
+            return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+        return torch.stack(parts)
     flat_targets = targets.reshape(-1).long()
     _check_targets(flat_targets, flat_logits.shape[-1] * _tp_size_rank(tp_group)[0], vocab_size)
     chunk = chunk_size or max(flat_targets.numel(), 1)

@@ -65,9 +65,13 @@ def plan_micro_batches(batch: SequenceBatch, micro_batch_size: int) -> list[_Mic
     for rows in torch.split(order, micro_batch_size):
         sub = batch.select(rows)
         width = sub.input_ids.shape[1]
+        # Padding may hold any id (even out of vocabulary): feed token 0 there instead. Causal
+        # attention keeps it invisible to real tokens and its scores are never picked.
+        is_pad = torch.arange(width).unsqueeze(0) >= sub.sequence_lengths().cpu().unsqueeze(1)
+        input_ids = sub.input_ids.masked_fill(is_pad.to(sub.input_ids.device), 0)
         plans.append(_MicroBatch(
             index=rows,
-            input_ids=sub.input_ids.to(device),
+            input_ids=input_ids.to(device),
             position_ids=torch.arange(width, device=device).unsqueeze(0).expand(len(rows), -1),
             prompt_lengths=sub.prompt_lengths.to(device),
             response_lengths=sub.response_lengths.to(device),
@@ -85,8 +89,12 @@ def _response_logprobs(logits, mb: _MicroBatch, width: int, *, tp_group, chunk_s
         zeros = logits.new_zeros(mb.input_ids.shape[0], width, dtype=torch.float32)
         return zeros, (zeros if with_entropy else None)
     # Position p's logits predict token p + 1, so response token j is scored at prompt_len - 1 + j.
+    # Every position is scored (the last one against a dummy target) so the logits stay one
+    # contiguous [b * L, V/tp] view: slicing them first would make autograd build full-size
+    # zero-filled gradients for the slice. Unpicked positions get zero upstream gradient.
+    targets = torch.cat([mb.input_ids[:, 1:], mb.input_ids[:, :1]], dim=1)
     out = compute_token_logprobs(
-        logits[:, :-1], mb.input_ids[:, 1:], tp_group=tp_group, chunk_size=chunk_size,
+        logits, targets, tp_group=tp_group, chunk_size=chunk_size,
         with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
     logprobs_all, entropy_all = out if with_entropy else (out, None)
     cols = (mb.prompt_lengths.unsqueeze(1) - 1 + steps).clamp(max=seq - 2)

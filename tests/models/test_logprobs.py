@@ -68,6 +68,9 @@ def test_leading_dims_and_bad_input():
     flat = compute_token_logprobs(logits, targets, vocab_size=V_REAL)
     shaped = compute_token_logprobs(logits.view(3, 4, -1), targets.view(3, 4), vocab_size=V_REAL)
     assert torch.equal(shaped.view(-1), flat)
+    # A sequence slice of [B, S, V] cannot be flattened without a copy: it is scored per row.
+    sliced = compute_token_logprobs(logits.view(3, 4, -1)[:, 1:], targets.view(3, 4)[:, 1:], vocab_size=V_REAL)
+    assert torch.equal(sliced, flat.view(3, 4)[:, 1:])
     with pytest.raises(ValueError, match="targets shape"):
         compute_token_logprobs(logits, targets[:5])
     with pytest.raises(ValueError, match=r"target ids must lie in \[0, 60\)"):

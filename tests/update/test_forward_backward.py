@@ -31,6 +31,8 @@ def _batch():
     gen = torch.Generator().manual_seed(3)
     width = max(p + r for p, r in zip(PROMPTS, RESPONSES)) + 2  # right padding beyond every row
     ids = torch.randint(0, 250, (len(PROMPTS), width), generator=gen)
+    for row, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        ids[row, p + r:] = -100  # padding may be any id, even outside the vocabulary
     return SequenceBatch(ids, torch.tensor(PROMPTS), torch.tensor(RESPONSES))
 
 
