@@ -237,6 +237,9 @@ def train_on_batch(model, optimizer, batch: SequenceBatch, loss_fn, *, parallel:
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.utils import get_model_config
 
+    if not hasattr(model, "zero_grad_buffer"):
+        raise TypeError("train_on_batch: `model` must be wrapped by prime_megatron.update.optimizer.wrap_ddp, "
+                        f"got {type(model).__name__}")
     config = get_model_config(model)
     config.finalize_model_grads_func = finalize_model_grads  # DP reduce + tied-embedding sync across pp
     config.grad_scale_func = optimizer.scale_loss

@@ -185,3 +185,30 @@ def test_tp_pp_parity_of_logprobs_losses_and_gradients():
             # Adam's first step moves each weight by lr * g / (|g| + eps) <= lr = 1e-3 (~lr where
             # |g| >> eps); measured through float32 weights of magnitude <= 2, whose spacing is 2.4e-7.
             assert 0.5e-3 < train["max_step"] <= 1e-3 + 2.4e-7, where
+
+
+def test_sequence_batch_mask_select_and_errors():
+    import pytest
+
+    from prime_megatron.update.batch import SequenceBatch
+
+    ids = torch.arange(18).view(3, 6)
+    batch = SequenceBatch(ids, torch.tensor([2, 1, 3]), torch.tensor([3, 0, 2]))
+    assert batch.response_mask().tolist() == [[1, 1, 1], [0, 0, 0], [1, 1, 0]]
+    assert batch.response_ids().tolist() == [[2, 3, 4], [0, 0, 0], [15, 16, 0]]
+    sub = batch.select([1, 2])  # rows of lengths 1 and 5 -> width 5
+    assert sub.input_ids.shape == (2, 5) and sub.response_mask().tolist() == [[0, 0], [1, 1]]
+    with pytest.raises(ValueError, match="row 0: prompt\\+response length 7 exceeds input_ids width 6"):
+        SequenceBatch(ids, torch.tensor([4, 1, 1]), torch.tensor([3, 0, 0]))
+    with pytest.raises(ValueError, match="row 1: prompt_lengths must be >= 1"):
+        SequenceBatch(ids, torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1]))
+
+
+def test_micro_batches_sorted_by_length_and_trimmed():
+    from prime_megatron.update.forward_backward import plan_micro_batches
+
+    batch = _batch()  # total lengths 9, 5, 11, 10, 15, 5
+    plans = plan_micro_batches(batch, micro_batch_size=4)
+    assert [p.index.tolist() for p in plans] == [[4, 2, 3, 0], [1, 5]]
+    assert [p.input_ids.shape[1] for p in plans] == [15, 5]  # each trimmed to its longest row
+    assert (plans[0].input_ids[3, 9:] == 0).all()  # row 0's padding (-100) fed as token 0
