@@ -81,7 +81,7 @@ def _step_zero_invariants(rank, world_size, config_path):
     advantages = compute_step_advantages("prime", batch, rewards, reward_cfg=cfg.reward)
     policy_metrics = update_policy(run.policy, run.policy_opt, batch, old, advantages, update_cfg=cfg.update,
                                    parallel=parallel)
-    after = forward_logprobs(run.policy, batch, parallel=parallel, micro_batch_size=mbs)
+    prm_after = forward_logprobs(run.prm, batch, parallel=parallel, micro_batch_size=mbs)
     mask = batch.response_mask.bool()
     return {
         "policy_vs_ref": float((old - ref).abs().max()),
@@ -89,7 +89,7 @@ def _step_zero_invariants(rank, world_size, config_path):
         "sampler_gap": float((old - batch.sampler_logprobs)[mask].abs().max()),
         "approx_kl": policy_metrics["policy/approx_kl"],
         "clip_fraction": policy_metrics["policy/clip_fraction"],
-        "moved": float((after - old)[mask].abs().max()),
+        "prm_moved": float((prm_after - ref)[mask].abs().max()),
         "rows": batch.sequences.batch_size,
     }
 
@@ -109,8 +109,9 @@ def test_step_zero_invariants_at_tp2(sft_dir, tmp_path):
         # Sampler (KV-cached incremental forward) vs trainer (full forward) log-probs: fp32
         # summation-order differences only; 1e-4 nats is far below any real policy change.
         assert r["sampler_gap"] < 1e-4
-        # The update did something (the test could not pass with a frozen policy).
-        assert r["moved"] > 1e-6
+        # The PRM update did something: with z = 0 the CE gradient is sigmoid(0) - r_o = +-0.5 per
+        # sequence, so the comparisons above could not pass merely because nothing ran.
+        assert r["prm_moved"] > 1e-6
     assert results[0] == results[1]
 
 

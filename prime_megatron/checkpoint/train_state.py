@@ -9,8 +9,12 @@ crash at any moment leaves the previous checkpoint usable. Older checkpoints bey
 `keep_last` are deleted after the new one is published.
 
 The reference model is never saved: it is frozen, and reloaded from its init path.
-Left out: changing TP/PP/DP on resume for the optimizer state (models reshard freely; use
-the same layout to resume a run).
+The optimizer state is saved per rank, as the torch optimizers inside megatron's
+DistributedOptimizer hold it (Adam moments, step, main parameters), rather than through
+megatron's optimizer checkpoint formats: on megatron-core 0.16 the default format is rejected
+by dist_checkpointing and the "dp_reshardable" one reloaded into a run that then diverged
+from the uninterrupted one. Left out, therefore: changing TP/PP/DP on resume (the model
+weights reshard freely; the optimizer state needs the same layout).
 """
 from __future__ import annotations
 
@@ -27,10 +31,6 @@ import torch.distributed as dist
 from prime_megatron.checkpoint.megatron_io import check_checkpoint_dir, save_sharded
 
 STATE_FILE = "trainer_state.json"
-# megatron's default DistributedOptimizer format ("fully_sharded_model_space") needs flattened
-# ShardedTensor ranges that dist_checkpointing 0.16 rejects; "dp_reshardable" saves and
-# reloads there and on newer releases (PLATFORM.md).
-OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 LATEST_FILE = "latest"
 
 
@@ -48,25 +48,37 @@ def _rng_object(parallel):
     return ShardedObject("rng_state", state, (parallel.world_size,), (parallel.rank,), replica_id=0)
 
 
-def _materialise_optimizer_state(optimizer) -> None:
-    """Give a fresh optimizer its Adam state before a load: megatron's optimizer state_dict
-    reads `step` from that state, and dist_checkpointing loads into existing tensors. A step on
-    zero gradients creates zero moments; with weight decay it nudges the weights, which the
-    load then overwrites."""
-    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
-        torch_optimizer = inner.optimizer
-        if torch_optimizer.state:
-            continue
-        for group in torch_optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = torch.zeros_like(param)
-        torch_optimizer.step()
-        torch_optimizer.zero_grad()
+def _inner_optimizers(optimizer) -> list:
+    """The torch optimizers inside a megatron (chained) optimizer, in a fixed order."""
+    return [inner.optimizer for inner in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def _optimizer_object(name: str, optimizer, parallel):
+    """This rank's optimizer shard as one object: the torch state dicts (Adam moments, step)
+    and the main parameters they update (fp32 copies under bf16 training; views of the model
+    weights in fp32, saved anyway so both cases load the same way)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    state = [{"torch": inner.state_dict(),
+              "main_params": [p.detach().clone() for g in inner.param_groups for p in g["params"]]}
+             for inner in _inner_optimizers(optimizer)]
+    return ShardedObject(f"{name}_optimizer", state, (parallel.world_size,), (parallel.rank,), replica_id=0)
+
+
+def _load_optimizer_object(optimizer, state: list) -> None:
+    inners = _inner_optimizers(optimizer)
+    if len(inners) != len(state):
+        raise ValueError(f"checkpoint has {len(state)} optimizer groups, this run {len(inners)}: "
+                         "resume needs the same model and parallel layout")
+    with torch.no_grad():
+        for inner, saved in zip(inners, state):
+            params = [p for g in inner.param_groups for p in g["params"]]
+            for param, value in zip(params, saved["main_params"], strict=True):
+                param.copy_(value)
+            inner.load_state_dict(saved["torch"])
 
 
 def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool) -> dict:
-    from megatron.core.dist_checkpointing.utils import add_prefix_for_sharding
-
     state = {"rng": _rng_object(parallel)}
     for name, model in models.items():
         # Prefixed keys ("policy.decoder...") keep the two models apart in one checkpoint and let
@@ -74,13 +86,7 @@ def _sharded_state(models: dict, optimizers: dict, parallel, *, is_loading: bool
         model_sd = unwrap_model(model).sharded_state_dict(prefix=f"{name}.")
         state[name] = model_sd
         if name in optimizers:
-            if is_loading:
-                _materialise_optimizer_state(optimizers[name])
-            optimizer_sd = optimizers[name].sharded_state_dict(model_sd, is_loading=is_loading,
-                                                               metadata=OPTIMIZER_METADATA)
-            # megatron names optimizer objects by dp group only: two optimizers would collide.
-            add_prefix_for_sharding(optimizer_sd, f"{name}_optimizer.")
-            state[f"{name}_optimizer"] = optimizer_sd
+            state[f"{name}_optimizer"] = _optimizer_object(name, optimizers[name], parallel)
     return state
 
 
@@ -132,10 +138,7 @@ def load_train_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: 
         if missing or result.unexpected_keys:
             raise RuntimeError(f"{path}: {name} could not load {missing} (unexpected: {result.unexpected_keys})")
         if name in optimizers:
-            # fp32 training: the optimizer's main params are views of the model's leaf parameters,
-            # which megatron copies into in place; that is only legal without autograd recording.
-            with torch.no_grad():
-                optimizers[name].load_state_dict(loaded[f"{name}_optimizer"])
+            _load_optimizer_object(optimizers[name], loaded[f"{name}_optimizer"])
     rng = loaded["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
