@@ -19,7 +19,7 @@ Redirections, and why each is needed (megatron-core 0.16.1 .. 0.19):
 - `Tensor.type()` (no argument) reports `torch.cuda.FloatTensor` etc. for CPU tensors: the
   optimizer and grad clipping assert on those strings. `Tensor.type("torch.cuda.X")`
   converts to the CPU type instead.
-- `torch.cuda.synchronize`, `torch.cuda.Event`, `torch.cuda.current_stream`,
+- `torch.cuda.synchronize`, `torch.cuda.Event`, `torch.cuda.Stream`, `torch.cuda.current_stream`,
   `torch.cuda.default_stream`, `torch.cuda.stream`, `torch.cuda.nvtx.range_push/pop`,
   `torch.cuda.empty_cache`: no-ops (checkpoint save, inference timing, DDP on 0.19,
   profiling ranges). A CPU executes in program order, so there is nothing to wait for.

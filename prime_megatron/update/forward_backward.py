@@ -14,11 +14,13 @@ maximum, and the row-wise layout keeps megatron's standard causal attention (pac
 into one sequence would need THD attention, which the local spec lacks). Right padding sits
 after every real token, so causal attention never lets a real token see it.
 
-Loss convention: the objective is the SUM over micro-batches of `loss_fn(...)`. loss_fn
-must therefore normalise by batch-level quantities; it receives `index`, the batch rows of
-its micro-batch, so it can (e.g. token-mean PPO: sum over its tokens / total response tokens
-of the whole batch). This makes the result independent of micro_batch_size and of the
-length sort. Across dp ranks, megatron DDP averages the gradients.
+Loss convention: the objective is the SUM over micro-batches of `loss_fn(...)`, so loss_fn
+normalises by batch-level quantities. It receives `index`, the batch rows of its
+micro-batch (a LongTensor on the batch's device), to slice batch-level tensors; a token-mean
+PPO loss, for example, sums its micro-batch's token losses and divides by the response
+tokens of the whole batch. The result is then independent of micro_batch_size and of the
+length sort. Reported metrics: "loss" is that sum; every other metric loss_fn returns is
+averaged over micro-batches. Across dp ranks megatron DDP averages the gradients.
 
 Results (log-probs, metrics) are computed on the last pipeline stage and broadcast over the
 pipeline group, so every rank returns the same values.
