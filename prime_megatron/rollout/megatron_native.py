@@ -23,8 +23,8 @@ pieces used here are the ones the trainer itself relies on plus `StaticInference
   trainer recomputes. Sampling itself uses temperature and top-p; padded rows are never
   sampled. In fp32 they agree with update/forward_backward.compute_logprobs on the same
   tokens within 1e-4 (measured 1e-6 at TP=2, PP=2; tests/rollout/test_megatron_native.py);
-  in bf16 expect the usual bf16 gap (~1e-2), since the cached decode and the full forward
-  round differently.
+  in bf16 the gap is larger (cached decode and full forward round differently; not
+  measured on these CPU machines).
 * Reproducibility: one torch.Generator per batch chunk, seeded from params.seed and the
   chunk's first row; the same seed, prompts and layout give the same samples.
 
