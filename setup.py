@@ -25,7 +25,8 @@ setup(
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "sglang"],
         "launch": ["nemo-run", "leptonai==0.27.3"],  # nemo-run 0.11 fails to import with newer leptonai
-        "test": ["pytest", "pytest-timeout", "matplotlib"],
+        # triton: runs the fused log-prob kernel under the Triton interpreter on CPU in the tests
+        "test": ["pytest", "pytest-timeout", "matplotlib", "triton"],
     },
     entry_points={"console_scripts": ["prime-megatron=prime_megatron.cli:main"]},
 )
