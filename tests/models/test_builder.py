@@ -10,6 +10,8 @@ from tests.models.reference import QWEN2_TINY
 
 
 def _worker(rank, world_size):
+    import torch.distributed
+
     from prime_megatron.models.arch import load_arch
     from prime_megatron.models.builder import build_model, offload_to_cpu
     from prime_megatron.parallel import init_parallel
@@ -29,11 +31,13 @@ def _worker(rank, world_size):
         out["offload_error"] = str(err)
     parallel = init_parallel(tp=1, pp=2)
     out["pp2"] = sorted(n for n, _ in build_model(qwen, parallel=parallel).named_parameters())
+    # Rank 0 hosts the rendezvous store: it must not exit while a peer still builds groups.
+    torch.distributed.barrier()
     return out
 
 
 def test_names_shapes_and_roles():
-    results = run_distributed(_worker, world_size=2, timeout_s=180)
+    results = run_distributed(_worker, world_size=2, timeout_s=240)
     layer = "decoder.layers.{}."
     expected_tp2 = {
         "embedding.word_embeddings.weight": (128, 64),  # 256 padded rows / tp

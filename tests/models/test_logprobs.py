@@ -127,7 +127,7 @@ def test_two_tp_ranks_match_dense():
     ref_lp, ref_ent, ref_grad = _dense(logits, targets, upstream, V_REAL)
     # Targets fall in both halves of the vocabulary, and rank 1 holds the 4 padding rows.
     assert (targets < V_PADDED // 2).any() and (targets >= V_PADDED // 2).any()
-    results = run_distributed(_tp_worker, world_size=2, args=(6,), timeout_s=120)
+    results = run_distributed(_tp_worker, world_size=2, args=(6,), timeout_s=180)
     for rank, arrays in enumerate(results):
         lp, ent, grad = (torch.from_numpy(a) for a in arrays)
         # Same float32 precision argument as the single-rank test; the all-reduces only change

@@ -120,6 +120,7 @@ def _parity_worker(rank, world_size):
         entry["grad_err"] = _grad_errors(grads, ref_grads, parallel, arch.num_layers)
         entry["train"] = _train_check(tied, full_tied, batch, parallel, mbs)
         report[(tp, pp)] = entry
+    torch.distributed.barrier()  # rank 0 hosts the rendezvous store: no one leaves early
     # numpy, not tensors: torch pickles tensors through shared memory that dies with this process.
     return _to_numpy(report)
 
@@ -151,7 +152,7 @@ def _grad_errors(grads, ref_grads, parallel, num_layers):
 
 
 def test_tp_pp_parity_of_logprobs_losses_and_gradients():
-    reports = [_to_torch(r) for r in run_distributed(_parity_worker, world_size=4, timeout_s=420)]
+    reports = [_to_torch(r) for r in run_distributed(_parity_worker, world_size=4, timeout_s=600)]
     batch = _batch()
     mask = batch.response_mask().bool()
     ref = reports[0][(1, 1)]
