@@ -39,3 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     importlib.import_module(COMMANDS[command]).main(rest)
+
+
+if __name__ == "__main__":
+    main()
