@@ -22,6 +22,7 @@ Left out: converting optimizer state, and models other than Qwen2/Llama (load_ar
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -60,6 +61,27 @@ def single_process_group():
         dist.destroy_process_group()
 
 
+def _glibc_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS.
+
+    glibc raises its mmap threshold after large frees, so later tensors of a few MB come from
+    the heap and, once freed, stay in the process (measured: +250 MB over a 660 MB conversion).
+    Trimming after each tensor keeps the footprint at about one tensor.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def checkpoint_key(name: str, prefix: str = "") -> tuple[str, int | None]:
     """Global megatron param name -> (dist_checkpointing key, global layer or None)."""
     parsed = hm.parse_megatron_name(name)
@@ -95,11 +117,10 @@ def _copy_hf_side_files(src: Path, dst: Path, *, dtype: torch.dtype | None) -> N
         if item.is_file() and not item.name.endswith(_WEIGHT_FILES) and item.name != "config.json":
             shutil.copy2(item, dst / item.name)
     config = json.loads((src / "config.json").read_text())
-    if dtype is not None:
-        name = str(dtype).removeprefix("torch.")
-        for key in ("torch_dtype", "dtype"):
-            if key in config or key == "torch_dtype":
-                config[key] = name
+    if dtype is not None:  # the dtype the weights are written in (transformers 5 reads "dtype")
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        if "dtype" in config:
+            config["dtype"] = config["torch_dtype"]
     (dst / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -169,6 +190,7 @@ def _build_megatron_state(reader, arch, *, tp, dtype, scratch: Path, progress: b
             state[name] = _sharded_tensors(name, full, arch=arch, tp=tp, scratch=scratch,
                                            start=sum(len(v) for v in state.values()))
             del hf, full  # only the memory maps stay
+            release_freed_memory()
             bar.update(1)
             bar.set_postfix(GB=f"{sum(t.data.nbytes for v in state.values() for t in v) / 1e9:.2f}")
     return state
@@ -249,6 +271,8 @@ def _hf_tensor_stream(ckpt: Path, meta: dict, arch, dtype, prefix) -> Iterator[t
         full = _load_full(ckpt, name, meta, prefix)
         for hf_name, tensor in hm.megatron_to_hf(name, full, arch):
             yield hf_name, tensor.to(dtype or tensor.dtype).contiguous()
+        del full, tensor
+        release_freed_memory()
 
 
 def convert_megatron_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -275,7 +299,7 @@ def convert_megatron_to_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLi
         tmp.mkdir()
         write_safetensors_shards(tmp, specs, _hf_tensor_stream(ckpt, meta, arch, dtype, key_prefix),
                                  max_shard_bytes=max_shard_bytes, progress=progress)
-        _copy_hf_side_files(config_dir, tmp, dtype=dtype)
+        _copy_hf_side_files(config_dir, tmp, dtype=specs[0][2])
         publish_dir(tmp, out_dir)
     return out_dir
 
