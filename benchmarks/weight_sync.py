@@ -8,7 +8,9 @@ Launches itself on `--tp` processes (or runs under torchrun). One model, one run
 - all-gather:    only the TP all-gathers of every TP-sharded parameter (the communication);
 - gather+rename: `iter_hf_tensors` (all-gather, undo TP layouts, global layer names, q/k/v
                  and gate/up split, vocab padding dropped);
-- +bucket:       the same stream through `bucketize` and `flatten_bucket` (what is sent).
+- +bucket N MiB: the same stream through `bucketize` and `flatten_bucket` into one reused
+                 staging buffer (what is sent). A bucket holds its gathered tensors until it is
+                 flushed, so a large bucket touches fresh memory that a small one recycles.
 GB/s = bytes of the full HF model / median wall time; the ratio is to memcpy. Left out: the
 transfer to a rollout engine (CUDA IPC or NCCL broadcast; GPU-only).
 """
@@ -33,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--ffn", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--bucket-mib", type=int, default=512)
+    p.add_argument("--bucket-mib", type=int, nargs="+", default=[512, 32])
     p.add_argument("--repeats", type=int, default=5)
     return p.parse_args(argv)
 
@@ -86,14 +88,18 @@ def _run(args):
         for _ in iter_hf_tensors(model, parallel=parallel, arch=arch):
             pass
 
-    def gather_rename_bucket():
-        for bucket in bucketize(iter_hf_tensors(model, parallel=parallel, arch=arch), args.bucket_mib << 20):
-            flatten_bucket(bucket)
+    # One staging buffer reused for every bucket (as a sender would), like memcpy's dst.
+    staging = torch.empty((max(args.bucket_mib) << 20) + (1 << 20), dtype=torch.uint8)
+
+    def gather_rename_bucket(bucket_bytes):
+        for bucket in bucketize(iter_hf_tensors(model, parallel=parallel, arch=arch), bucket_bytes):
+            flatten_bucket(bucket, out=staging)
 
     rows = [("memcpy (rank 0)", _timed(lambda: dst.copy_(src), args.repeats)),
             ("all-gather only", _timed(all_gather_only, args.repeats)),
-            ("gather+rename", _timed(gather_rename, args.repeats)),
-            ("gather+rename+bucket", _timed(gather_rename_bucket, args.repeats))]
+            ("gather+rename", _timed(gather_rename, args.repeats))]
+    for mib in args.bucket_mib:
+        rows.append((f"+bucket {mib} MiB", _timed(lambda: gather_rename_bucket(mib << 20), args.repeats)))
     if dist.get_rank() == 0:
         _print_table(args, total, rows)
     destroy_parallel()
@@ -102,7 +108,7 @@ def _run(args):
 def _print_table(args, total, rows):
     print(f"\nweight sync, TP={args.tp}, {args.layers} layers, hidden {args.hidden}, ffn {args.ffn}, "
           f"vocab {args.vocab}, {args.dtype}: {total / 2**20:.0f} MiB of HF tensors, "
-          f"bucket {args.bucket_mib} MiB, torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'path':<24}{'time s':>10}{'GB/s':>10}{'x memcpy':>10}")
     base = rows[0][1]
     for name, seconds in rows:

@@ -70,20 +70,29 @@ def _spans(bucket, align_bytes: int) -> list[tuple[int, int]]:
     return spans
 
 
-def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None, align_bytes: int = 16) -> FlatBucket:
-    """Copy every tensor of `bucket` into one fresh contiguous uint8 buffer.
+def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], *, device=None, align_bytes: int = 16,
+                   out: torch.Tensor | None = None) -> FlatBucket:
+    """Copy every tensor of `bucket` into one contiguous uint8 buffer.
 
     Each tensor starts at a multiple of `align_bytes`, so that it can be viewed back as its
     dtype (a view needs an offset divisible by the element size). `align_bytes=1` packs them
     back to back, the layout SGLang's FlattenedTensorBucket rebuilds on the receiving side.
+    `out`: a uint8 staging buffer to reuse across buckets (its first bytes are the result, so
+    the previous bucket must have been consumed); a fresh buffer is allocated when None.
     """
     if not bucket:
         raise ValueError("flatten_bucket: bucket is empty")
     if align_bytes < 1:
         raise ValueError(f"align_bytes must be >= 1, got {align_bytes}")
     spans = _spans(bucket, align_bytes)
-    device = bucket[0][1].device if device is None else device
-    buffer = torch.empty(spans[-1][1], dtype=torch.uint8, device=device)
+    if out is None:
+        device = bucket[0][1].device if device is None else device
+        buffer = torch.empty(spans[-1][1], dtype=torch.uint8, device=device)
+    elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < spans[-1][1]:
+        raise ValueError(f"flatten_bucket: out must be a 1-D uint8 tensor of >= {spans[-1][1]} bytes, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+    else:
+        buffer = out[: spans[-1][1]]
     gap_start = 0
     for (_, tensor), (start, end) in zip(bucket, spans):
         buffer[gap_start:start].zero_()  # alignment padding: defined bytes, not stale memory

@@ -52,6 +52,11 @@ def test_flatten_roundtrip_is_bitwise_with_mixed_dtypes():
     assert torch.equal(packed.buffer[60:74], flat.buffer[64:78])
     for (name, want), (got_name, got) in zip(bucket, unflatten_bucket(flat)):
         assert name == got_name and got.dtype == want.dtype and torch.equal(got, want)
+    staging = torch.full((200,), 7, dtype=torch.uint8)  # reused buffer with stale bytes
+    reused = flatten_bucket(bucket, out=staging)
+    assert reused.buffer.data_ptr() == staging.data_ptr() and torch.equal(reused.buffer, flat.buffer)
+    with pytest.raises(ValueError, match="160 bytes"):
+        flatten_bucket(bucket, out=torch.empty(100, dtype=torch.uint8))
 
 
 class TransformersTestReceiver:
