@@ -4,8 +4,9 @@ Two ways to refresh the weights after a policy update (both take HF-named full t
 the output of `prime_megatron.weight_sync.iter_hf_tensors`):
 
 * colocated (`mode="colocated"`): SGLang shares the training GPUs. `sleep()` releases its
-  weights and KV cache (`release_memory_occupation`, needs `enable_memory_saver`), `wake()`
-  retakes them. Updates go through `update_weights_from_tensor` with
+  weights and KV cache (`release_memory_occupation`, needs `enable_memory_saver`); a
+  following `update_weights` retakes only the weights region and refills it, and `wake()`
+  retakes the rest (order per step: generate, sleep, train, update_weights, wake). Updates go through `update_weights_from_tensor` with
   `load_format="flattened_bucket"`: each bucket is one CUDA buffer whose IPC handle is
   serialised once per SGLang TP rank, so no tensor data is copied through pickles.
 * separate GPUs (`mode="distributed"`): `connect_update_group` builds an NCCL group whose
@@ -106,6 +107,7 @@ class SGLangEngine:
         self.dtype = getattr(torch, dtype)  # tensors are cast to it before bucketing: fewer bytes sent
         self._group_name: str | None = None
         self._group = None
+        self._released: set[str] = set()  # SGLang memory regions given back by sleep()
         self.engine = None
         if not self._is_engine_rank:
             return
@@ -168,14 +170,27 @@ class SGLangEngine:
         return [_parse_output(out, i // params.n) for i, out in enumerate(outputs)]
 
     # ---- memory -----------------------------------------------------------------------------
+    # Colocated memory states: SGLang's memory saver discards released contents (no CPU
+    # backup), so weights are retaken only when new ones are pushed (update_weights while
+    # asleep retakes just the "weights" region) and wake() retakes whatever is still released.
     def sleep(self) -> None:
-        if self.mode == "colocated" and self._is_engine_rank:
+        if self.mode == "colocated" and self._is_engine_rank and not self._released:
             self.engine.flush_cache()
             self.engine.release_memory_occupation()
+            self._released = {"weights", "kv_cache", "cuda_graph"}
 
     def wake(self) -> None:
-        if self.mode == "colocated" and self._is_engine_rank:
-            self.engine.resume_memory_occupation()
+        if self.mode == "colocated" and self._is_engine_rank and self._released:
+            if "weights" in self._released:
+                raise RuntimeError("SGLangEngine.wake(): the weights were released by sleep() and not "
+                                   "reloaded; call update_weights() before wake()")
+            self.engine.resume_memory_occupation(tags=sorted(self._released))
+            self._released = set()
+
+    def _retake_weights(self) -> None:
+        if "weights" in self._released:
+            self.engine.resume_memory_occupation(tags=["weights"])
+            self._released.discard("weights")
 
     # ---- weight updates -----------------------------------------------------------------------
     def _pause(self) -> None:
@@ -216,6 +231,7 @@ class SGLangEngine:
             return
         if self.mode == "distributed" and self._group is None:
             raise RuntimeError("SGLangEngine(mode='distributed'): call connect_update_group() first")
+        self._retake_weights()
         self._pause()
         try:
             cast = ((name, t.to(self.dtype) if t.is_floating_point() else t) for name, t in named_tensors)

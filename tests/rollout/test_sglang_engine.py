@@ -46,9 +46,9 @@ def test_colocated_update_from_tensor_matches_transformers(tmp_path):
     target = Qwen2ForCausalLM(config).eval()  # the weights pushed in
     engine = SGLangEngine(str(tmp_path / "a"), tp=1, dtype="float32", mem_fraction_static=0.3)
     try:
-        engine.sleep()
-        engine.wake()
+        engine.sleep()  # the RL loop's order: rollout, sleep, train, push weights, wake
         engine.update_weights(target.state_dict().items())
+        engine.wake()
         prompts = [[1, 2, 3, 4], [9, 8, 7]]
         samples = engine.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=1))
     finally:
