@@ -151,7 +151,7 @@ class SGLangEngine:
             "skip_special_tokens": False,
             "no_stop_trim": True,  # keep the stop token in the response, as the native engine does
         }
-        if self.deterministic:
+        if self.deterministic:  # otherwise SGLang draws from its engine-wide random_seed stream
             request["sampling_seed"] = params.seed * 1_000_003 + index
         return request
 
