@@ -8,7 +8,8 @@ Three uses in a PRIME step, one code path:
   - `train_on_batch` for the policy (PPO loss).
 
 Padding: rows are sorted by total length (prompt + response) and cut into micro-batches of
-`micro_batch_size` rows; each micro-batch is trimmed to its own longest row. Padding is
+`micro_batch_size` rows; each micro-batch is trimmed to its own longest row (no sort when
+one micro-batch holds every row, or with sort_by_length=False). Padding is
 then only the gap between rows of similar length, instead of every row padded to the batch
 maximum, and the row-wise layout keeps megatron's standard causal attention (packing rows
 into one sequence would need THD attention, which the local spec lacks). Right padding sits
@@ -55,13 +56,21 @@ def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def plan_micro_batches(batch: SequenceBatch, micro_batch_size: int) -> list[_MicroBatch]:
-    """Length-sorted micro-batches, each trimmed to its own longest row."""
+def plan_micro_batches(batch: SequenceBatch, micro_batch_size: int, *, sort_by_length: bool = True) -> list[_MicroBatch]:
+    """Micro-batches of `micro_batch_size` rows, each trimmed to its own longest row.
+
+    Rows are length-sorted first (less padding) unless sort_by_length=False or one micro-batch
+    holds the whole batch; then every micro-batch's `index` keeps the batch order, which a
+    loss comparing rows inside a micro-batch (e.g. the pairwise PRM loss over groups) needs.
+    """
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if batch.batch_size == 0:
         raise ValueError("batch is empty: nothing to run through the model")
-    order = torch.argsort(batch.sequence_lengths(), descending=True, stable=True)
+    if sort_by_length and micro_batch_size < batch.batch_size:
+        order = torch.argsort(batch.sequence_lengths(), descending=True, stable=True)
+    else:
+        order = torch.arange(batch.batch_size, device=batch.input_ids.device)
     device = _device()
     plans = []
     for rows in torch.split(order, micro_batch_size):
@@ -155,12 +164,12 @@ def _broadcast_from_last_stage(tensor, *, parallel: ParallelState):
 
 def compute_logprobs(model, batch: SequenceBatch, *, parallel: ParallelState, micro_batch_size: int,
                      with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
-                     temperature: float = 1.0):
+                     temperature: float = 1.0, sort_by_length: bool = True):
     """Forward-only response log-probs [B, T] (and entropies [B, T]); the same on every rank.
 
     Positions where batch.response_mask() is 0 hold 0.
     """
-    plans = plan_micro_batches(batch, micro_batch_size)
+    plans = plan_micro_batches(batch, micro_batch_size, sort_by_length=sort_by_length)
     width = batch.max_response_length
     vocab_size = _real_vocab_size(model)
 
@@ -185,14 +194,15 @@ def compute_logprobs(model, batch: SequenceBatch, *, parallel: ParallelState, mi
 
 def forward_backward(model, batch: SequenceBatch, loss_fn, *, parallel: ParallelState, micro_batch_size: int,
                      with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
-                     temperature: float = 1.0, return_logprobs: bool = False) -> dict:
+                     temperature: float = 1.0, return_logprobs: bool = False, sort_by_length: bool = True) -> dict:
     """Forward + backward over micro-batches; gradients accumulate, no optimizer step.
 
     loss_fn(logprobs [b, T], entropy [b, T] | None, index [b]) -> (loss, metrics dict); see the
     module docstring for the loss convention. Returns {"loss": float, **mean metrics} and, with
     return_logprobs, "logprobs" (and "entropy") as [B, T] tensors; identical on every rank.
+    sort_by_length: see plan_micro_batches.
     """
-    plans = plan_micro_batches(batch, micro_batch_size)
+    plans = plan_micro_batches(batch, micro_batch_size, sort_by_length=sort_by_length)
     width = batch.max_response_length
     vocab_size = _real_vocab_size(model)
     num_mb = len(plans)

@@ -213,3 +213,6 @@ def test_micro_batches_sorted_by_length_and_trimmed():
     assert [p.index.tolist() for p in plans] == [[4, 2, 3, 0], [1, 5]]
     assert [p.input_ids.shape[1] for p in plans] == [15, 5]  # each trimmed to its longest row
     assert (plans[0].input_ids[3, 9:] == 0).all()  # row 0's padding (-100) fed as token 0
+    # Kept in batch order when asked, or when one micro-batch holds everything (sorting buys nothing).
+    assert [p.index.tolist() for p in plan_micro_batches(batch, 4, sort_by_length=False)] == [[0, 1, 2, 3], [4, 5]]
+    assert [p.index.tolist() for p in plan_micro_batches(batch, 6)] == [[0, 1, 2, 3, 4, 5]]
