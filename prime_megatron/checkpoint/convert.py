@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import shutil
@@ -248,30 +249,39 @@ def _checkpoint_metadata(ckpt: Path, arch, prefix: str) -> dict:
     return meta
 
 
-def _load_full(ckpt: Path, name: str, meta: dict, prefix: str) -> torch.Tensor:
-    from megatron.core import dist_checkpointing
+def _request(key: str, layer: int | None, meta: dict):
+    """A ShardedTensor asking for the whole of `key` (or of one layer of it), nothing else."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    key, layer = checkpoint_key(name, prefix)
     shape, dtype = tuple(meta[key].global_shape), meta[key].dtype
     if layer is None:
-        sh = ShardedTensor.from_rank_offsets(key, torch.empty(shape, dtype=dtype), replica_id=0)
-    else:
-        # Layer `layer` as a [1, ...] block of the [num_layers, ...] tensor. (A prepended axis
-        # would take megatron's legacy path, which expects the other layers on other ranks.)
-        sh = ShardedTensor.from_rank_offsets(key, torch.empty((1, *shape[1:]), dtype=dtype),
-                                             (0, layer, shape[0]), replica_id=0)
-    # One piece of a bigger checkpoint: the whole-tensor access check would (rightly) fail.
-    loaded = dist_checkpointing.load({"t": sh}, str(ckpt), validate_access_integrity=False)["t"]
-    return loaded if layer is None else loaded[0]
+        return ShardedTensor.from_rank_offsets(key, torch.empty(shape, dtype=dtype), replica_id=0)
+    # Layer `layer` as a [1, ...] block of the [num_layers, ...] tensor. (A prepended axis would
+    # take megatron's legacy path, which expects the other layers on other ranks.)
+    return ShardedTensor.from_rank_offsets(key, torch.empty((1, *shape[1:]), dtype=dtype),
+                                           (0, layer, shape[0]), replica_id=0)
+
+
+def _load_group(ckpt: Path, names: list[str], meta: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """Full tensors `names` (one layer's, or the non-layer ones) in one dist_checkpointing load."""
+    from megatron.core import dist_checkpointing
+
+    keys = {name: checkpoint_key(name, prefix) for name in names}
+    request = {name: _request(key, layer, meta) for name, (key, layer) in keys.items()}
+    # Only a piece of each checkpoint tensor is asked for: the whole-tensor access check would fail.
+    loaded = dist_checkpointing.load(request, str(ckpt), validate_access_integrity=False)
+    return {name: loaded[name] if keys[name][1] is None else loaded[name][0] for name in names}
 
 
 def _hf_tensor_stream(ckpt: Path, meta: dict, arch, dtype, prefix) -> Iterator[tuple[str, torch.Tensor]]:
-    for name in hm.megatron_param_names(arch):
-        full = _load_full(ckpt, name, meta, prefix)
-        for hf_name, tensor in hm.megatron_to_hf(name, full, arch):
-            yield hf_name, tensor.to(dtype or tensor.dtype).contiguous()
-        del full, tensor
+    """HF tensors in megatron_param_names order; one layer in memory at a time."""
+    names = hm.megatron_param_names(arch)
+    for _, group in itertools.groupby(names, key=lambda n: hm.parse_megatron_name(n).layer):
+        fulls = _load_group(ckpt, list(group), meta, prefix)
+        for name, full in fulls.items():
+            for hf_name, tensor in hm.megatron_to_hf(name, full, arch):
+                yield hf_name, tensor.to(dtype or tensor.dtype).contiguous()
+        del fulls, full, tensor
         release_freed_memory()
 
 
