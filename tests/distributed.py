@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -33,16 +34,24 @@ def _entry(fn, rank, world_size, port, args, results):
         WORLD_SIZE=str(world_size),
         OMP_NUM_THREADS="1",
     )
+    import datetime
+    import pickle
+
     import torch
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
-        results.put((rank, "ok", fn(rank, world_size, *args)))
+        # Plain pickle copies tensor storage into the message; the queue's own pickler would
+        # pass shared memory that disappears when this process exits.
+        value = pickle.dumps(fn(rank, world_size, *args))
+        if dist.is_available() and dist.is_initialized():
+            # Rank 0 hosts the rendezvous store: no rank may tear down while a peer still uses it.
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
+        results.put((rank, "ok", value))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         results.put((rank, "error", traceback.format_exc()))
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -79,7 +88,7 @@ def run_distributed(fn, world_size: int, args: tuple = (), timeout_s: float = 24
                 continue
             if status == "error":
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
-            outputs[rank] = value
+            outputs[rank] = pickle.loads(value)
     finally:
         for proc in procs:
             proc.join(timeout=5)
