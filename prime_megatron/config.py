@@ -160,7 +160,7 @@ class DataConfig:
 class SFTConfig:
     """Supervised warm-up (``prime-megatron sft``): prompt + response pairs, loss on the response."""
     train_files: list[str] = field(default_factory=list)
-    init_path: str = ""  # HF config.json dir (random init) or an HF model dir
+    init_path: str = ""  # HF dir: config.json only -> random init; or a megatron checkpoint to continue
     output_dir: str = ""
     epochs: int = 1
     batch_size: int = 32
@@ -375,6 +375,8 @@ def _validate(cfg: Config) -> None:
         value = _get(cfg, key)
         _check(value >= 0, key, "an integer >= 0", value)
     _check(r.temperature > 0, "rollout.temperature", "> 0", r.temperature)
+    _check(cfg.trainer.eval_temperature >= 0, "trainer.eval_temperature", ">= 0 (0 is greedy)",
+           cfg.trainer.eval_temperature)
     _check(0 < r.top_p <= 1, "rollout.top_p", "in (0, 1]", r.top_p)
     _check(0 < r.sglang_mem_fraction < 1, "rollout.sglang_mem_fraction", "in (0, 1)", r.sglang_mem_fraction)
     _check(cfg.reward.beta > 0, "reward.beta", "> 0", cfg.reward.beta)
