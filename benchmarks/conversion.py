@@ -3,12 +3,13 @@
     python benchmarks/conversion.py [--hidden 1024 --layers 8 --vocab 32000 --dtype bf16] [--tp 2 --pp 2]
 
 Builds a random Qwen2-shaped safetensors checkpoint of a few hundred MB in a temp dir, then
-runs, each in a fresh process: a plain `shutil.copytree` of the HF dir, HF -> megatron at the
-given tp/pp, and megatron -> HF. Per run it prints wall time, throughput (model bytes / s),
+runs, each in a fresh process: a plain `shutil.copytree` of the HF dir (also with fsync, as
+megatron's checkpoint writer does), HF -> megatron at the given tp/pp, and megatron -> HF. Per run it prints wall time, throughput (model bytes / s),
 the ratio to the copy, and peak memory against the model size:
 - peak RSS (ru_maxrss, this process) and of the largest child (the checkpoint writer forks);
-- peak anonymous RSS (RssAnon sampled every 10 ms): memory the kernel cannot just drop.
-  RSS also counts clean file pages mapped from the scratch copy, which are reclaimable.
+- growth of anonymous RSS over its pre-operation level (RssAnon sampled every 10 ms, so peaks
+  shorter than that can be missed): memory the kernel cannot just drop. RSS also counts clean
+  file pages mapped from the scratch copy and the inputs, which are reclaimable.
 """
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ def _measure(op: str, src: str, dst: str, tp: int, pp: int) -> None:
         start = time.perf_counter()
         if op == "copy":
             shutil.copytree(src, dst)
+        elif op == "copy+fsync":  # the checkpoint writer fsyncs its files; so does this baseline
+            shutil.copytree(src, dst)
+            for path in Path(dst).iterdir():
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
         elif op == "hf_to_megatron":
             convert_hf_to_megatron(src, dst, tp=tp, pp=pp, progress=False)
         else:
@@ -131,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         root = Path(tmp)
         size = _make_hf_model(root / "hf", args)
-        runs = [("copy", root / "hf", root / "copy"),
+        runs = [("copy", root / "hf", root / "copy"), ("copy+fsync", root / "hf", root / "copy_fsync"),
                 (f"hf_to_megatron tp={args.tp} pp={args.pp}", root / "hf", root / "meg"),
                 ("megatron_to_hf", root / "meg", root / "hf_back")]
         results = [(name, _run(name.split()[0], src, dst, args.tp, args.pp)) for name, src, dst in runs]
