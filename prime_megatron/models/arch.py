@@ -108,6 +108,9 @@ def load_arch(path_or_dict) -> ModelArch:
     cfg, where = _read_config(path_or_dict)
     family = _family(cfg, where)
     _refuse_unsupported_features(cfg, where)
+    if family == "llama" and cfg.get("attention_bias"):
+        # HF Llama's attention_bias also puts a bias on o_proj, which megatron's linear_proj lacks here.
+        raise ValueError(f"{where}: attention_bias=true (biases on q/k/v and o_proj) is not supported for Llama")
     try:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
@@ -123,8 +126,7 @@ def load_arch(path_or_dict) -> ModelArch:
             head_dim=int(cfg.get("head_dim") or hidden // heads),
             rope_theta=float(rope),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            # Qwen2 always has q/k/v biases; Llama has them only with attention_bias=true.
-            qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
+            qkv_bias=family == "qwen2",  # Qwen2 always has q/k/v biases; Llama never (see above)
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
         )
