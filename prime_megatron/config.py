@@ -125,8 +125,11 @@ class UpdateConfig:
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     entropy_coef: float = 0.0
     kl_coef: float = 0.0  # paper: no KL term
-    # "logits" materialises full-vocab log-softmax; "chunked" is the safe vocab-parallel default.
-    logprob_impl: Literal["logits", "chunked", "triton", "te"] = "chunked"
+    # "logits": the model's vocab-parallel logits shard, log-probs chunked over tokens, padded
+    # vocabulary rows excluded (the safe default, matching the rollout sampler). "chunked" /
+    # "triton" / "te": fused kernels on the final hidden states (prime_megatron/kernels) that never
+    # hold full-vocabulary fp32 logits; they need an unpadded vocabulary (vocab % (128*tp) == 0).
+    logprob_impl: Literal["logits", "chunked", "triton", "te"] = "logits"
 
 
 @dataclass

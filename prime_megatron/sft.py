@@ -87,7 +87,8 @@ def sft(cfg) -> float | None:
                                    pad_id=tokenizer.pad_token_id or 0)
             C.set_lr(optimizer, s.lr, step, s.warmup_steps)
             result = train_on_batch(model, optimizer, batch, nll_loss_fn(batch), parallel=parallel,
-                                    micro_batch_size=cfg.update.micro_batch_size)
+                                    micro_batch_size=cfg.update.micro_batch_size,
+                                    logprob_impl=cfg.update.logprob_impl)
             step += 1
             bar.update(1)
             bar.set_postfix(nll=f"{result['loss']:.3f}")

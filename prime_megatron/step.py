@@ -52,11 +52,12 @@ def _gather_dp(local: torch.Tensor, *, parallel) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def forward_logprobs(model, batch: RolloutBatch, *, parallel, micro_batch_size: int) -> torch.Tensor:
+def forward_logprobs(model, batch: RolloutBatch, *, parallel, micro_batch_size: int,
+                     logprob_impl: str = "logits") -> torch.Tensor:
     """[B, T] log-probs of every response token under `model`, on every rank."""
     rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel)
     local = compute_logprobs(model, batch.sequences.select(rows), parallel=parallel,
-                             micro_batch_size=micro_batch_size)
+                             micro_batch_size=micro_batch_size, logprob_impl=logprob_impl)
     width = batch.sequences.max_response_length
     local = torch.nn.functional.pad(local, (0, width - local.shape[1]))
     return _gather_dp(local, parallel=parallel) * batch.response_mask
@@ -80,18 +81,22 @@ def update_prm(prm, optimizer, batch: RolloutBatch, ref_logprobs: torch.Tensor, 
         width = logprobs.shape[1]
         loss = compute_prm_loss(logprobs, ref[index, :width], mask[index, :width], labels[index],
                                 beta=reward_cfg.beta, loss_type=loss_type, group_size=batch.group_size)
-        # compute_prm_loss means over its rows; weight by the micro-batch's share of the batch.
+        # compute_prm_loss means over its rows (CE) or pairs (pairwise): weight by the micro-batch's
+        # share of rows, exact for CE and a close approximation for pairwise.
         return loss * (len(index) / num_rows), {}
 
-    # The pairwise loss compares samples of one prompt, and the forward sorts rows by length,
-    # so it runs the dp slice as one micro-batch; the CE loss is per sequence and micro-batches freely.
-    mbs = num_rows if loss_type == "pairwise" else update_cfg.micro_batch_size
+    # The pairwise loss compares the samples of one prompt inside a micro-batch: keep batch order
+    # and cut micro-batches at group boundaries. The CE loss is per sequence: sort freely.
+    pairwise = loss_type == "pairwise"
+    k = batch.group_size
+    mbs = max(k, update_cfg.micro_batch_size // k * k) if pairwise else update_cfg.micro_batch_size
     result = train_on_batch(prm, optimizer, local_batch, loss_fn, parallel=parallel, micro_batch_size=mbs,
-                            return_logprobs=True)
+                            return_logprobs=True, sort_by_length=not pairwise, logprob_impl=update_cfg.logprob_impl)
     local = result.pop("logprobs")
     metrics = {"prm/loss": result["loss"], "prm/grad_norm": result["grad_norm"]}
     if reward_cfg.prm_update == "before":
-        prm_logprobs = forward_logprobs(prm, batch, parallel=parallel, micro_batch_size=update_cfg.micro_batch_size)
+        prm_logprobs = forward_logprobs(prm, batch, parallel=parallel, micro_batch_size=update_cfg.micro_batch_size,
+                                        logprob_impl=update_cfg.logprob_impl)
     else:
         width = batch.sequences.max_response_length
         local = torch.nn.functional.pad(local, (0, width - local.shape[1]))
@@ -128,7 +133,8 @@ def update_policy(policy, optimizer, batch: RolloutBatch, old_logprobs: torch.Te
         for mini in rows.chunk(update_cfg.ppo_mini_batches):
             loss_fn = _ppo_loss_fn(mini, old_logprobs, advantages, mask, ref_logprobs, update_cfg)
             result = train_on_batch(policy, optimizer, batch.sequences.select(mini), loss_fn, parallel=parallel,
-                                    micro_batch_size=update_cfg.micro_batch_size, with_entropy=True)
+                                    micro_batch_size=update_cfg.micro_batch_size, with_entropy=True,
+                                    logprob_impl=update_cfg.logprob_impl)
             for key, value in result.items():
                 totals.setdefault(key if "/" in key else f"policy/{key}", []).append(float(value))
     return {k: sum(v) / len(v) for k, v in totals.items()}

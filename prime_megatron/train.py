@@ -89,7 +89,8 @@ def timed(metrics: dict, phase: str):
 
 
 def train_step(run: Run) -> dict[str, float]:
-    cfg, parallel, mbs = run.cfg, run.parallel, run.cfg.update.micro_batch_size
+    cfg, parallel = run.cfg, run.parallel
+    fwd = dict(parallel=parallel, micro_batch_size=cfg.update.micro_batch_size, logprob_impl=cfg.update.logprob_impl)
     metrics: dict[str, float] = {}
     for name, opt in run.optimizers.items():
         metrics[f"{name}/lr"] = C.set_lr(opt, getattr(cfg.optim, name).lr, run.step, getattr(cfg.optim, name).warmup_steps)
@@ -102,13 +103,13 @@ def train_step(run: Run) -> dict[str, float]:
         return metrics
     batch = build_rollout_batch(groups, pad_id=run.tokenizer.pad_token_id or 0)
     with timed(metrics, "old_logprobs"):
-        old = forward_logprobs(run.policy, batch, parallel=parallel, micro_batch_size=mbs)
+        old = forward_logprobs(run.policy, batch, **fwd)
     metrics["rollout/sampler_trainer_logprob_gap"] = float(
         ((old - batch.sampler_logprobs).abs() * batch.response_mask).sum() / batch.response_mask.sum())
     ref = process = None
     if run.ref is not None:
         with timed(metrics, "ref_logprobs"):
-            ref = forward_logprobs(run.ref, batch, parallel=parallel, micro_batch_size=mbs)
+            ref = forward_logprobs(run.ref, batch, **fwd)
     if cfg.uses_prm:
         with timed(metrics, "prm_update"):
             prm_logprobs, prm_metrics = update_prm(run.prm, run.prm_opt, batch, ref, reward_cfg=cfg.reward,

@@ -30,6 +30,7 @@ Left out: virtual pipeline stages, context parallelism, sequence packing.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -90,9 +91,13 @@ def plan_micro_batches(batch: SequenceBatch, micro_batch_size: int, *, sort_by_l
     return plans
 
 
-def _response_logprobs(logits, mb: _MicroBatch, width: int, *, tp_group, chunk_size, with_entropy,
-                       vocab_size, temperature):
-    """[b, width] log-probs (and entropies) of the response tokens; 0 beyond each response."""
+def _response_logprobs(logits, mb: _MicroBatch, width: int, *, score):
+    """[b, width] log-probs (and entropies) of the response tokens; 0 beyond each response.
+
+    `logits` is the model output ([b, L, V/tp] logits, or [b, L, H] hidden states for the fused
+    kernels) and `score(output, targets)` turns it into per-position log-probs (, entropies).
+    """
+    with_entropy = score.keywords["with_entropy"]
     steps = torch.arange(width, device=logits.device)
     mask = steps.unsqueeze(0) < mb.response_lengths.unsqueeze(1)
     seq = mb.input_ids.shape[1]
@@ -104,9 +109,7 @@ def _response_logprobs(logits, mb: _MicroBatch, width: int, *, tp_group, chunk_s
     # contiguous [b * L, V/tp] view: slicing them first would make autograd build full-size
     # zero-filled gradients for the slice. Unpicked positions get zero upstream gradient.
     targets = torch.cat([mb.input_ids[:, 1:], mb.input_ids[:, :1]], dim=1)
-    out = compute_token_logprobs(
-        logits, targets, tp_group=tp_group, chunk_size=chunk_size,
-        with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+    out = score(logits, targets)
     logprobs_all, entropy_all = out if with_entropy else (out, None)
     cols = (mb.prompt_lengths.unsqueeze(1) - 1 + steps).clamp(max=seq - 2)
 
@@ -116,10 +119,60 @@ def _response_logprobs(logits, mb: _MicroBatch, width: int, *, tp_group, chunk_s
     return pick(logprobs_all), (pick(entropy_all) if with_entropy else None)
 
 
-def _forward_step(data_iterator, model, *, on_logits):
+def _forward_step(data_iterator, model, *, on_logits, hidden_only=False):
     mb = next(data_iterator)
-    output = model(mb.input_ids, mb.position_ids, None)
+    if hidden_only:
+        with _output_layer_passthrough(model):
+            output = model(mb.input_ids, mb.position_ids, None)
+    else:
+        output = model(mb.input_ids, mb.position_ids, None)
     return output, partial(on_logits, mb)
+
+
+@contextmanager
+def _output_layer_passthrough(model):
+    """Make GPTModel return its final hidden states [b, L, H] instead of logits, for the fused
+    log-prob kernels that apply the output layer themselves (state-dict keys are unchanged)."""
+    layer = _unwrap(model).output_layer
+    layer.forward = lambda hidden_states, *args, **kwargs: (hidden_states, None)
+    try:
+        yield
+    finally:
+        del layer.forward
+
+
+def _output_weight(model):
+    inner = _unwrap(model)
+    if inner.share_embeddings_and_output_weights:
+        return inner.shared_embedding_or_output_weight()
+    return inner.output_layer.weight
+
+
+def _make_scorer(model, *, impl, tp_group, tp, chunk_size, with_entropy, temperature):
+    """score(output, targets) for the chosen log-prob path (see update.logprob_impl)."""
+    vocab_size = _real_vocab_size(model)
+    if impl == "logits":
+        return partial(_score_logits, tp_group=tp_group, chunk_size=chunk_size, with_entropy=with_entropy,
+                       vocab_size=vocab_size, temperature=temperature)
+    padded = _output_weight(model).shape[0] * tp
+    if vocab_size is not None and vocab_size != padded:
+        raise ValueError(f"logprob_impl={impl!r} normalises over the padded vocabulary ({padded} rows) but the "
+                         f"model's vocabulary is {vocab_size}; use logprob_impl='logits', which excludes padding")
+    if temperature != 1.0:
+        raise ValueError(f"logprob_impl={impl!r} scores at temperature 1 only; use 'logits' for temperature {temperature}")
+    return partial(_score_fused, weight=_output_weight(model), impl=impl, tp_group=tp_group,
+                   with_entropy=with_entropy)
+
+
+def _score_logits(logits, targets, **kwargs):
+    return compute_token_logprobs(logits, targets, **kwargs)
+
+
+def _score_fused(hidden, targets, *, weight, impl, tp_group, with_entropy):
+    from prime_megatron.kernels import compute_fused_token_logprobs
+
+    return compute_fused_token_logprobs(hidden, weight, targets, tp_group=tp_group, impl=impl,
+                                        with_entropy=with_entropy)
 
 
 def _unwrap(model):
@@ -133,12 +186,12 @@ def _real_vocab_size(model):
     return getattr(_unwrap(model), "prime_vocab_size", None)
 
 
-def _run_schedule(model, plans, on_logits, *, forward_only):
+def _run_schedule(model, plans, on_logits, *, forward_only, hidden_only=False):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     schedule = get_forward_backward_func()
     return schedule(
-        forward_step_func=partial(_forward_step, on_logits=on_logits),
+        forward_step_func=partial(_forward_step, on_logits=on_logits, hidden_only=hidden_only),
         data_iterator=iter(plans),
         model=[model],
         num_microbatches=len(plans),
@@ -164,25 +217,27 @@ def _broadcast_from_last_stage(tensor, *, parallel: ParallelState):
 
 def compute_logprobs(model, batch: SequenceBatch, *, parallel: ParallelState, micro_batch_size: int,
                      with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
-                     temperature: float = 1.0, sort_by_length: bool = True):
+                     temperature: float = 1.0, sort_by_length: bool = True, logprob_impl: str = "logits"):
     """Forward-only response log-probs [B, T] (and entropies [B, T]); the same on every rank.
 
-    Positions where batch.response_mask() is 0 hold 0.
+    Positions where batch.response_mask() is 0 hold 0. logprob_impl: "logits" (the model's
+    vocab-parallel logits, models/logprobs.py) or a fused kernel from prime_megatron.kernels
+    ("chunked", "triton", "te") applied to the final hidden states.
     """
     plans = plan_micro_batches(batch, micro_batch_size, sort_by_length=sort_by_length)
     width = batch.max_response_length
-    vocab_size = _real_vocab_size(model)
+    score = _make_scorer(model, impl=logprob_impl, tp_group=parallel.tp_group, tp=parallel.tp,
+                         chunk_size=logprob_chunk_size, with_entropy=with_entropy, temperature=temperature)
 
     def on_logits(mb, logits):
-        lp, ent = _response_logprobs(logits, mb, width, tp_group=parallel.tp_group, chunk_size=logprob_chunk_size,
-                                     with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+        lp, ent = _response_logprobs(logits, mb, width, score=score)
         record = {"logprobs": lp.detach()}
         if with_entropy:
             record["entropy"] = ent.detach()
         return logits.new_zeros(()), record
 
     with torch.no_grad():
-        per_mb = _run_schedule(model, plans, on_logits, forward_only=True)
+        per_mb = _run_schedule(model, plans, on_logits, forward_only=True, hidden_only=logprob_impl != "logits")
     keys = ["logprobs", "entropy"] if with_entropy else ["logprobs"]
     results = []
     for key in keys:
@@ -194,22 +249,23 @@ def compute_logprobs(model, batch: SequenceBatch, *, parallel: ParallelState, mi
 
 def forward_backward(model, batch: SequenceBatch, loss_fn, *, parallel: ParallelState, micro_batch_size: int,
                      with_entropy: bool = False, logprob_chunk_size: int | None = DEFAULT_LOGPROB_CHUNK,
-                     temperature: float = 1.0, return_logprobs: bool = False, sort_by_length: bool = True) -> dict:
+                     temperature: float = 1.0, return_logprobs: bool = False, sort_by_length: bool = True,
+                     logprob_impl: str = "logits") -> dict:
     """Forward + backward over micro-batches; gradients accumulate, no optimizer step.
 
     loss_fn(logprobs [b, T], entropy [b, T] | None, index [b]) -> (loss, metrics dict); see the
     module docstring for the loss convention. Returns {"loss": float, **mean metrics} and, with
     return_logprobs, "logprobs" (and "entropy") as [B, T] tensors; identical on every rank.
-    sort_by_length: see plan_micro_batches.
+    sort_by_length: see plan_micro_batches. logprob_impl: see compute_logprobs.
     """
     plans = plan_micro_batches(batch, micro_batch_size, sort_by_length=sort_by_length)
     width = batch.max_response_length
-    vocab_size = _real_vocab_size(model)
+    score = _make_scorer(model, impl=logprob_impl, tp_group=parallel.tp_group, tp=parallel.tp,
+                         chunk_size=logprob_chunk_size, with_entropy=with_entropy, temperature=temperature)
     num_mb = len(plans)
 
     def on_logits(mb, logits):
-        lp, ent = _response_logprobs(logits, mb, width, tp_group=parallel.tp_group, chunk_size=logprob_chunk_size,
-                                     with_entropy=with_entropy, vocab_size=vocab_size, temperature=temperature)
+        lp, ent = _response_logprobs(logits, mb, width, score=score)
         loss, metrics = loss_fn(lp, ent, mb.index)
         record = {"loss": float(loss.detach()), "metrics": {k: float(v) for k, v in metrics.items()},
                   "logprobs": lp.detach()}
@@ -218,7 +274,7 @@ def forward_backward(model, batch: SequenceBatch, loss_fn, *, parallel: Parallel
         # megatron divides a 2-tuple loss by num_microbatches; undo it so the objective is the sum.
         return loss * num_mb, record
 
-    per_mb = _run_schedule(model, plans, on_logits, forward_only=False)
+    per_mb = _run_schedule(model, plans, on_logits, forward_only=False, hidden_only=logprob_impl != "logits")
     summary = [_summarise(per_mb)] if parallel.is_last_stage else [None]
     if parallel.pp > 1:
         dist.broadcast_object_list(summary, src=parallel.last_stage_global_rank, group=parallel.pp_group)
