@@ -102,6 +102,14 @@ def build_local_executor(*, nproc_per_node: int = 2):
     return run.LocalExecutor(ntasks_per_node=nproc_per_node, launcher="torchrun", env_vars=dict(_SIGNAL_ENV))
 
 
+def _check_nemorun_home(home: str) -> None:
+    # nemo-run rewrites every path containing "/nemo_run" (its in-container run dir), which
+    # turns the sbatch --output paths under such a home into paths that do not exist.
+    if "/nemo_run" in home:
+        raise ValueError(f"NEMORUN_HOME={home!r} contains '/nemo_run', which nemo-run rewrites as its "
+                         "container run dir; choose another directory name (default ~/.nemo_run is fine)")
+
+
 def run_experiment(task, executor, *, name: str, dryrun: bool = False,
                    workdir: str = REPO_ROOT) -> Optional[dict]:
     """Submit `task` on `executor` and wait for it; returns {"status", "job_id", "local_dir"}.
@@ -111,6 +119,7 @@ def run_experiment(task, executor, *, name: str, dryrun: bool = False,
     With `dryrun` nothing is submitted: nemo-run prints the sbatch script (or the local
     command) it would run, and None is returned."""
     run = _nemo_run()
+    _check_nemorun_home(run.config.get_nemorun_home())
     where = contextlib.chdir(workdir) if isinstance(executor, run.LocalExecutor) else contextlib.nullcontext()
     with where, run.Experiment(name, executor=executor, log_level="WARN") as exp:
         exp.add(task, name="train")
