@@ -36,7 +36,7 @@ class Group:
 
 @dataclass
 class RolloutBatch:
-    """K adjacent rows per prompt; every tensor is on CPU."""
+    """K adjacent rows per prompt; all tensors on one device (CPU as built, see `to`)."""
     sequences: SequenceBatch
     outcome_rewards: torch.Tensor  # [B] in [0, 1]
     truncated: torch.Tensor  # [B] bool: finish_reason == "length"
@@ -46,6 +46,10 @@ class RolloutBatch:
     @property
     def response_mask(self) -> torch.Tensor:
         return self.sequences.response_mask()
+
+    def to(self, device) -> "RolloutBatch":
+        return RolloutBatch(self.sequences.to(device), self.outcome_rewards.to(device), self.truncated.to(device),
+                            self.sampler_logprobs.to(device), self.group_size)
 
 
 def build_rollout_batch(groups: list[Group], *, pad_id: int) -> RolloutBatch:

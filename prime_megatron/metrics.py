@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 
 class MetricsLogger:
     def __init__(self, log_dir: str | os.PathLike, *, enabled: bool, console_every: int = 1):
@@ -50,3 +52,10 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._jsonl.close()
+
+
+def compute_masked_stats(prefix: str, values: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mean, std, max and min of `values` [B, T] over the positions where `mask` is 1."""
+    picked = values[mask.bool()]
+    return {f"{prefix}/mean": float(picked.mean()), f"{prefix}/std": float(picked.std()) if picked.numel() > 1 else 0.0,
+            f"{prefix}/max": float(picked.max()), f"{prefix}/min": float(picked.min())}

@@ -34,14 +34,14 @@ from prime_megatron.update.losses import compute_kl, compute_policy_loss
 PRM_LOSS_TYPES = {"ce": "ce", "dpo": "pairwise"}
 
 
-def dp_rows(batch_size: int, group_size: int, *, parallel) -> torch.Tensor:
+def dp_rows(batch_size: int, group_size: int, *, parallel, device=None) -> torch.Tensor:
     """This dp rank's rows: a contiguous run of whole prompt groups."""
     groups = batch_size // group_size
     if groups % parallel.dp:
         raise ValueError(f"{groups} prompt groups cannot be split evenly over dp={parallel.dp}; "
                          "make data.batch_size a multiple of dp")
     per_rank = batch_size // parallel.dp
-    return torch.arange(parallel.dp_rank * per_rank, (parallel.dp_rank + 1) * per_rank)
+    return torch.arange(parallel.dp_rank * per_rank, (parallel.dp_rank + 1) * per_rank, device=device)
 
 
 def _gather_dp(local: torch.Tensor, *, parallel) -> torch.Tensor:
@@ -55,7 +55,8 @@ def _gather_dp(local: torch.Tensor, *, parallel) -> torch.Tensor:
 def forward_logprobs(model, batch: RolloutBatch, *, parallel, micro_batch_size: int,
                      logprob_impl: str = "logits") -> torch.Tensor:
     """[B, T] log-probs of every response token under `model`, on every rank."""
-    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel)
+    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel,
+                   device=batch.outcome_rewards.device)
     local = compute_logprobs(model, batch.sequences.select(rows), parallel=parallel,
                              micro_batch_size=micro_batch_size, logprob_impl=logprob_impl)
     width = batch.sequences.max_response_length
@@ -71,7 +72,8 @@ def update_prm(prm, optimizer, batch: RolloutBatch, ref_logprobs: torch.Tensor, 
     rewards use the PRM before this step's update, one forward); "before" updates first and
     recomputes them (double forward), as the paper's ablation.
     """
-    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel)
+    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel,
+                   device=batch.outcome_rewards.device)
     local_batch = batch.sequences.select(rows)
     ref, labels, mask = ref_logprobs[rows], batch.outcome_rewards[rows], batch.response_mask[rows]
     loss_type = PRM_LOSS_TYPES[reward_cfg.prm_loss]
@@ -126,7 +128,8 @@ def compute_step_advantages(algorithm: str, batch: RolloutBatch, process_rewards
 def update_policy(policy, optimizer, batch: RolloutBatch, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                   *, update_cfg, parallel, ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
     """PPO clip updates: `ppo_epochs` passes over `ppo_mini_batches` mini-batches of this dp slice."""
-    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel)
+    rows = dp_rows(batch.sequences.batch_size, batch.group_size, parallel=parallel,
+                   device=batch.outcome_rewards.device)
     mask = batch.response_mask
     totals: dict[str, list[float]] = {}
     for _ in range(update_cfg.ppo_epochs):

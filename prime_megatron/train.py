@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -28,8 +27,9 @@ from prime_megatron.collect import BatchCollector, build_rollout_batch, groups_f
 from prime_megatron.config import load_config
 from prime_megatron.data.stream import PromptStream
 from prime_megatron.evaluate import compute_heldout_accuracy
-from prime_megatron.metrics import MetricsLogger
+from prime_megatron.metrics import MetricsLogger, compute_masked_stats
 from prime_megatron.parallel import destroy_parallel, init_parallel
+from prime_megatron.preemption import StopRequest
 from prime_megatron.reward.implicit import compute_implicit_rewards
 from prime_megatron.step import compute_step_advantages, forward_logprobs, update_policy, update_prm
 
@@ -101,7 +101,8 @@ def train_step(run: Run) -> dict[str, float]:
     metrics.update(rollout_metrics)
     if not groups:  # every drawn prompt was filtered out: nothing to learn from this step
         return metrics
-    batch = build_rollout_batch(groups, pad_id=run.tokenizer.pad_token_id or 0)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    batch = build_rollout_batch(groups, pad_id=run.tokenizer.pad_token_id or 0).to(device)
     with timed(metrics, "old_logprobs"):
         old = forward_logprobs(run.policy, batch, **fwd)
     metrics["rollout/sampler_trainer_logprob_gap"] = float(
@@ -117,9 +118,9 @@ def train_step(run: Run) -> dict[str, float]:
         process = compute_implicit_rewards(prm_logprobs, ref, batch.response_mask, beta=cfg.reward.beta,
                                            granularity=cfg.reward.granularity)
         metrics.update(prm_metrics)
-        metrics.update(_masked_stats("reward/implicit", process, batch.response_mask))
+        metrics.update(compute_masked_stats("reward/implicit", process, batch.response_mask))
     advantages = compute_step_advantages(cfg.algorithm, batch, process, reward_cfg=cfg.reward)
-    metrics.update(_masked_stats("advantage", advantages, batch.response_mask))
+    metrics.update(compute_masked_stats("advantage", advantages, batch.response_mask))
     with timed(metrics, "policy_update"):
         metrics.update(update_policy(run.policy, run.policy_opt, batch, old, advantages, update_cfg=cfg.update,
                                      parallel=parallel, ref_logprobs=ref))
@@ -136,30 +137,6 @@ def _sync_weights(run: Run) -> None:
     from prime_megatron.weight_sync.gather import iter_hf_tensors
 
     run.engine.update_weights(iter_hf_tensors(run.policy, parallel=run.parallel, arch=run.arch))
-
-
-def _masked_stats(prefix: str, values: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    picked = values[mask.bool()]
-    return {f"{prefix}/mean": float(picked.mean()), f"{prefix}/std": float(picked.std()) if picked.numel() > 1 else 0.0,
-            f"{prefix}/max": float(picked.max()), f"{prefix}/min": float(picked.min())}
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (Slurm preemption) ask for a checkpoint at the end of the current step."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([float(self.requested)])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def train(cfg, *, resume: bool = False) -> None:

@@ -134,8 +134,11 @@ class _Worker:
             except ProcessLookupError:
                 pass
             self._proc.wait()
-            self._proc.stdin.close()
-            self._proc.stdout.close()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                try:
+                    pipe.close()
+                except BrokenPipeError:  # the worker died with unread input still buffered
+                    pass
             self._proc = None
 
 
@@ -198,6 +201,10 @@ def call_bounded(kind: str, response: str, ground_truth, *, timeout_s: float,
 
 def _worker_main() -> None:
     """Serve tasks from stdin until EOF (the parent closed the pipe or died)."""
+    # Slurm signals every process of a job step on preemption (USR1 via --signal, then TERM).
+    # The trainer answers by checkpointing and then closes these workers itself.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice: ours is outside
     resource.setrlimit(resource.RLIMIT_AS, (_WORKER_MEMORY_BYTES, _WORKER_MEMORY_BYTES))
     import prime_megatron.reward.math  # noqa: F401  (pay the sympy import before reporting ready)
