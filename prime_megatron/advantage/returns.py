@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from prime_megatron.advantage.checks import check_response_mask
+
 # Length of the blocks of the discounted scan for gamma < 1: a [C, C] decay matrix inside
 # blocks and an [T/C, T/C] one across them replace a T-step Python loop with two matmuls
 # of B*T*C and B*(T/C)**2 multiply-adds.
@@ -40,8 +42,10 @@ def compute_masked_whiten(values: torch.Tensor, response_mask: torch.Tensor, *, 
 
     (x - mean) / sqrt(var + eps) with the unbiased variance (n / (n - 1)) and eps = 1e-8,
     as ``masked_whiten`` in veRL's torch_functional, which both PRIME references call.
+    response_mask: [B, T] bool or 0/1.
     """
-    return whiten_zero_padded(masked(values, response_mask), response_mask.to(values.dtype), eps=eps)
+    mask = check_response_mask(response_mask)
+    return whiten_zero_padded(masked(values, mask), mask.to(values.dtype), eps=eps)
 
 
 def whiten_zero_padded(values: torch.Tensor, float_mask: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:

@@ -74,6 +74,8 @@ def test_hand_worked_whiten():
     mask = torch.tensor([[True, True], [True, False]])
     out = compute_masked_whiten(values, mask)
     torch.testing.assert_close(out, torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64), rtol=0, atol=1e-7)
+    # A 0/1 float mask (what SequenceBatch.response_mask() gives) means the same.
+    torch.testing.assert_close(compute_masked_whiten(values, mask.double()), out, rtol=0, atol=0)
 
 
 def test_whitening_cancels_common_coefficient_scale():
