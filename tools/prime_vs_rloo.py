@@ -17,6 +17,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from prime_megatron.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "prime_megatron.cli"]
 
@@ -24,8 +26,12 @@ CLI = [sys.executable, "-m", "prime_megatron.cli"]
 def run_one(config: str, algorithm: str, seed: int, out: Path, overrides: list[str]) -> Path:
     run_dir = out / f"{algorithm}_seed{seed}"
     log = run_dir / "metrics.jsonl"
-    if log.is_file() and any(json.loads(l).get("step") for l in log.read_text().splitlines()):
-        return log
+    total = load_config(config, overrides).trainer.total_steps
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file() and latest.read_text().strip() == f"step_{total:08d}":
+        return log  # finished earlier: reuse it
+    if log.is_file():
+        log.unlink()  # an unfinished attempt: start over
     args = [*CLI, "train", "--config", config, f"algorithm={algorithm}", f"trainer.seed={seed}",
             f"data.shuffle_seed={seed}", f"checkpoint.dir={run_dir}/checkpoints",
             f"logging.tensorboard_dir={run_dir}", *overrides]
