@@ -96,7 +96,11 @@ def build_engine(cfg, policy, *, parallel, arch):
         return MegatronNativeEngine(policy, parallel=parallel, arch=arch)
     from prime_megatron.rollout.sglang_engine import SGLangEngine
 
-    return SGLangEngine.from_config(cfg.rollout, model_path=cfg.model.tokenizer_dir, parallel=parallel)
+    # SGLang starts from the policy's HF config and tokenizer with placeholder weights
+    # (load_format="dummy"); the trainer streams the real ones in before the first rollout.
+    return SGLangEngine(str(hf_files_dir(cfg.model.policy_path)), tp=cfg.rollout.sglang_tp, parallel=parallel,
+                        seed=cfg.trainer.seed, mode="colocated" if cfg.rollout.colocate else "distributed",
+                        mem_fraction_static=cfg.rollout.sglang_mem_fraction, load_format="dummy")
 
 
 def sampling_params(cfg, tokenizer, *, temperature: float | None = None, n: int | None = None,

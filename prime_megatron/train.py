@@ -151,6 +151,7 @@ def train(cfg, *, resume: bool = False) -> None:
     if parallel.rank == 0:
         print(f"prime-megatron: {cfg.algorithm} tp={parallel.tp} pp={parallel.pp} dp={parallel.dp}, "
               f"{'resuming at step ' + str(run.step) if latest else 'starting'}", flush=True)
+    _sync_weights(run)  # an external engine starts with placeholder weights
     if run.val and cfg.trainer.eval_every and run.step == 0:
         logger.log(0, {"eval/accuracy": evaluate(run)})  # the starting point of the learning curve
     from tqdm import tqdm

@@ -77,13 +77,6 @@ class SGLangEngine:
 
     engine_rank = 0
 
-    @classmethod
-    def from_config(cls, rollout_cfg, *, model_path: str, parallel, seed: int = 0) -> "SGLangEngine":
-        """From config.RolloutConfig (sglang_tp, colocate, sglang_mem_fraction)."""
-        return cls(model_path, tp=rollout_cfg.sglang_tp, parallel=parallel, seed=seed,
-                   mode="colocated" if rollout_cfg.colocate else "distributed",
-                   mem_fraction_static=rollout_cfg.sglang_mem_fraction)
-
     def __init__(
         self,
         model_path: str,
