@@ -119,7 +119,7 @@ def main() -> None:
             bare = bare_stdin_cases_per_s(tasks[:64])
             rows.append(("code cases", batch, n, seconds, n / seconds, "bare subprocess, serial", bare))
     print(f"RewardManager with {args.workers} workers on {os.cpu_count()} CPUs; code: {args.cases} cases/sample")
-    print(f"| verifier | batch | items | seconds | items/s | baseline | baseline items/s | ratio |")
+    print("| verifier | batch | items | seconds | items/s | baseline | baseline items/s | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name, batch, n, seconds, rate, base_name, base in rows:
         print(f"| {name} | {batch} | {n} | {seconds:.2f} | {rate:.1f} | {base_name} | {base:.1f} | {rate / base:.2f} |")

@@ -19,7 +19,6 @@ YAML, not by a Python config object -- and multi-task experiments.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence

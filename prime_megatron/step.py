@@ -23,11 +23,7 @@ from prime_megatron.advantage import (
     compute_rloo_outcome_advantages,
 )
 from prime_megatron.collect import RolloutBatch
-from prime_megatron.reward.implicit import (
-    compute_implicit_rewards,
-    compute_prm_loss,
-    compute_prm_ranking_accuracy,
-)
+from prime_megatron.reward.implicit import compute_prm_loss, compute_prm_ranking_accuracy
 from prime_megatron.update.forward_backward import compute_logprobs, train_on_batch
 from prime_megatron.update.losses import compute_kl, compute_policy_loss
 

@@ -16,10 +16,8 @@ import argparse
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 
 import torch
-import torch.distributed as dist
 
 from prime_megatron import components as C
 from prime_megatron.checkpoint.train_state import latest_checkpoint, load_train_checkpoint, save_train_checkpoint

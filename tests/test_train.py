@@ -58,8 +58,6 @@ def sft_dir(tmp_path_factory):
 
 def _step_zero_invariants(rank, world_size, config_path):
     """At step 0 policy == reference == PRM: equal log-probs, zero implicit rewards, PPO ratio 1."""
-    import torch
-
     from prime_megatron.collect import build_rollout_batch
     from prime_megatron.config import load_config
     from prime_megatron.parallel import init_parallel

@@ -7,13 +7,11 @@ megatron models (TP=2, then TP=1 x PP=2) and computes logits and log-probs.
 import importlib.util
 import json
 import multiprocessing
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from prime_megatron.checkpoint import convert
 from prime_megatron.checkpoint.convert import convert_hf_to_megatron, convert_megatron_to_hf
 from prime_megatron.checkpoint.hf_io import SafetensorsReader
 from tests.distributed import run_distributed

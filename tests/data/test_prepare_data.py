@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 from prime_megatron.data.loader import load_prompt_records
 

@@ -5,7 +5,6 @@ each test then checks one program's score, duration and the machine's state afte
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
