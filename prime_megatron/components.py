@@ -10,6 +10,7 @@ config at the result.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from prime_megatron.checkpoint.megatron_io import load_model_checkpoint
 from prime_megatron.data.loader import load_prompt_dataset
 from prime_megatron.data.loader import load_tokenizer as load_hf_tokenizer
 from prime_megatron.models.arch import load_arch
-from prime_megatron.models.builder import build_model
+from prime_megatron.models.builder import build_model, load_to_device, offload_to_cpu
 from prime_megatron.reward.manager import RewardManager, VerifyTask
 from prime_megatron.rollout.types import SamplingParams
 from prime_megatron.update.optimizer import build_optimizer, wrap_ddp
@@ -72,13 +73,28 @@ def build_trainable(arch, init_path: str | None, *, parallel, lr: float, weight_
     return model, optimizer
 
 
-def build_frozen(arch, init_path: str, *, parallel, bf16: bool = False):
+def build_frozen(arch, init_path: str, *, parallel, bf16: bool = False, offload: bool = False):
     import torch
 
     model = build_model(arch, parallel=parallel, trainable=False,
                         params_dtype=torch.bfloat16 if bf16 else torch.float32)
     load_weights(model, init_path, parallel=parallel)
+    if offload:
+        offload_to_cpu(model)
     return model
+
+
+@contextmanager
+def resident(model, *, offload: bool):
+    """Keep a frozen model in host memory between uses (model.ref_on_cpu): bring it to the
+    accelerator for the body, send it back after. No-op when `offload` is False or on CPU."""
+    if offload:
+        load_to_device(model)
+    try:
+        yield model
+    finally:
+        if offload:
+            offload_to_cpu(model)
 
 
 def set_lr(optimizer, base_lr: float, step: int, warmup_steps: int) -> float:
@@ -143,5 +159,5 @@ def load_prompts(files, tokenizer, cfg):
                                data_source_key=cfg.data.data_source_key)
 
 
-__all__ = ["hf_files_dir", "resolve_arch", "load_weights", "build_trainable", "build_frozen", "set_lr", "build_engine",
+__all__ = ["hf_files_dir", "resolve_arch", "load_weights", "build_trainable", "build_frozen", "resident", "set_lr", "build_engine",
            "sampling_params", "Scorer", "build_scorer", "load_prompts", "load_tokenizer"]

@@ -52,8 +52,8 @@ class Run:
                 self.arch, cfg.model.prm_init, parallel=parallel, lr=opt.prm.lr, betas=opt.prm.betas,
                 weight_decay=opt.prm.weight_decay, clip_grad=opt.prm.clip_grad, bf16=cfg.model.bf16)
             self.models["prm"], self.optimizers["prm"] = self.prm, self.prm_opt
-        self.ref = C.build_frozen(self.arch, cfg.model.ref_init, parallel=parallel, bf16=cfg.model.bf16) \
-            if cfg.uses_prm or cfg.update.kl_coef else None
+        self.ref = C.build_frozen(self.arch, cfg.model.ref_init, parallel=parallel, bf16=cfg.model.bf16,
+                                  offload=cfg.model.ref_on_cpu) if cfg.uses_prm or cfg.update.kl_coef else None
         self.engine = C.build_engine(cfg, self.policy, parallel=parallel, arch=self.arch)
         self.scorer = C.build_scorer(cfg, self.tokenizer) if parallel.rank == 0 else None
         train = C.load_prompts(cfg.data.train_files, self.tokenizer, cfg)
@@ -108,7 +108,8 @@ def train_step(run: Run) -> dict[str, float]:
     ref = process = None
     if run.ref is not None:
         with timed(metrics, "ref_logprobs"):
-            ref = forward_logprobs(run.ref, batch, **fwd)
+            with C.resident(run.ref, offload=cfg.model.ref_on_cpu):
+                ref = forward_logprobs(run.ref, batch, **fwd)
     if cfg.uses_prm:
         with timed(metrics, "prm_update"):
             prm_logprobs, prm_metrics = update_prm(run.prm, run.prm_opt, batch, ref, reward_cfg=cfg.reward,

@@ -58,6 +58,7 @@ def sft_dir(tmp_path_factory):
 
 def _step_zero_invariants(rank, world_size, config_path):
     """At step 0 policy == reference == PRM: equal log-probs, zero implicit rewards, PPO ratio 1."""
+    from prime_megatron import components as C
     from prime_megatron.collect import build_rollout_batch
     from prime_megatron.config import load_config
     from prime_megatron.parallel import init_parallel
@@ -72,7 +73,8 @@ def _step_zero_invariants(rank, world_size, config_path):
     batch = build_rollout_batch(groups, pad_id=run.tokenizer.pad_token_id)
     mbs = cfg.update.micro_batch_size
     old = forward_logprobs(run.policy, batch, parallel=parallel, micro_batch_size=mbs)
-    ref = forward_logprobs(run.ref, batch, parallel=parallel, micro_batch_size=mbs)
+    with C.resident(run.ref, offload=cfg.model.ref_on_cpu):
+        ref = forward_logprobs(run.ref, batch, parallel=parallel, micro_batch_size=mbs)
     prm_logprobs, _ = update_prm(run.prm, run.prm_opt, batch, ref, reward_cfg=cfg.reward, update_cfg=cfg.update,
                                  parallel=parallel)
     rewards = compute_implicit_rewards(prm_logprobs, ref, batch.response_mask, beta=cfg.reward.beta)
@@ -93,7 +95,8 @@ def _step_zero_invariants(rank, world_size, config_path):
 
 
 def test_step_zero_invariants_at_tp2(sft_dir, tmp_path):
-    config = _write_config(tmp_path, model={"policy_path": str(sft_dir)}, parallel={"tp": 2})
+    # ref_on_cpu exercises the reference's offload path (a move to host memory and back).
+    config = _write_config(tmp_path, model={"policy_path": str(sft_dir), "ref_on_cpu": True}, parallel={"tp": 2})
     results = run_distributed(_step_zero_invariants, 2, (str(config),), timeout_s=400)
     for r in results:
         assert r["rows"] == 2 * 4
