@@ -20,7 +20,8 @@ all of them are active:
 - network namespace: only a down loopback device, so no socket can connect.
 - mount namespace (private propagation, nothing leaks to the host): every
   host mount except /proc, /sys, /dev is re-mounted read-only, and fresh
-  size-capped tmpfs instances cover /tmp, /var/tmp, /dev/shm and /run/lock.
+  size-capped tmpfs instances cover /tmp, /var/tmp, /dev/shm and /run/lock (an interpreter
+  installed under one of them, e.g. a venv in a checkout under /tmp, is bound back in read-only).
   The tmpfs instances are replaced before every case, and the program's
   working directory is a fresh directory in them.
 - a fresh unprivileged uid/gid per program (root only: 2e9 + harness pid), no
@@ -127,15 +128,32 @@ def _set_up_mounts(libc, protections: list[str]) -> None:
 
 
 def _fresh_scratch(libc, limits: dict, first: bool) -> None:
-    """New empty size-capped tmpfs on every world-writable scratch dir (per test case)."""
+    """New empty size-capped tmpfs on every world-writable scratch dir (per test case).
+
+    An interpreter installed under one of them (a venv in a checkout under /tmp) is bound
+    back in, read-only, at its own path, so the program keeps its stdlib and site-packages.
+    """
     opts = f"size={limits['tmpfs_bytes']},mode=1777".encode()
-    prefixes = (os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix))
+    prefixes = sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)})
     for target in _SCRATCH_DIRS:
-        if not os.path.isdir(target) or any(p.startswith(target + "/") for p in prefixes):
-            continue  # an interpreter installed under /tmp must stay visible
+        if not os.path.isdir(target):
+            continue
         if not first:
             _check(libc.umount2(target.encode(), _MNT_DETACH), f"unmount {target}")
+        inside = [p for p in prefixes if p.startswith(target + "/")]
+        fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in inside]  # before the tmpfs hides them
         _check(libc.mount(b"tmpfs", target.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts), f"tmpfs {target}")
+        for prefix, fd in zip(inside, fds):
+            _bind_readonly(libc, fd, prefix)
+
+
+def _bind_readonly(libc, fd: int, path: str) -> None:
+    """Bind the directory open as O_PATH `fd` at `path` (created if needed), read-only; close fd."""
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    source, target = f"/proc/self/fd/{fd}".encode(), path.encode()
+    _check(libc.mount(source, target, None, _MS_BIND | _MS_REC, None), f"bind {path}")
+    libc.mount(target, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
+    os.close(fd)
 
 
 def _blocked_ancestor(path: str) -> str | None:
@@ -162,11 +180,7 @@ def _expose_interpreter(libc) -> None:
         if not os.path.ismount(blocked):
             _check(libc.mount(b"tmpfs", blocked.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=1m,mode=755"),
                    f"tmpfs over {blocked}")
-        os.makedirs(prefix, mode=0o755, exist_ok=True)
-        source, target = f"/proc/self/fd/{fd}".encode(), prefix.encode()
-        _check(libc.mount(source, target, None, _MS_BIND | _MS_REC, None), f"bind {prefix}")
-        libc.mount(target, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None)
-        os.close(fd)
+        _bind_readonly(libc, fd, prefix)
 
 
 def _drop_privileges(libc, uid: int | None, limits: dict) -> None:
