@@ -1,6 +1,6 @@
 """PRIME against outcome-only RLOO on the tiny example: same SFT start, seeds and budget.
 
-    python tools/prime_vs_rloo.py --seeds 1 2 3 --jobs 2
+    python benchmarks/prime_vs_rloo.py --seeds 1 2 3 --jobs 2
 
 Runs `prime-megatron train` for each (algorithm, seed) from the shared SFT checkpoint
 (made first if missing), then writes docs/prime_vs_rloo.md (mean +- std of held-out
