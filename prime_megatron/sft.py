@@ -21,7 +21,7 @@ import torch
 from prime_megatron import components as C
 from prime_megatron.checkpoint.convert import HF_CONFIG_SUBDIR
 from prime_megatron.checkpoint.megatron_io import EXTRA_KEY, MODEL_KEY, save_sharded
-from prime_megatron.checkpoint.train_state import unwrap_model
+from prime_megatron.models.builder import unwrap_model
 from prime_megatron.config import load_config
 from prime_megatron.data.sft import load_sft_examples
 from prime_megatron.evaluate import compute_heldout_accuracy

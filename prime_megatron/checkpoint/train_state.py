@@ -29,16 +29,10 @@ import torch
 import torch.distributed as dist
 
 from prime_megatron.checkpoint.megatron_io import check_checkpoint_dir, save_sharded
+from prime_megatron.models.builder import unwrap_model
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
-
-
-def unwrap_model(model):
-    """The GPTModel inside a megatron DDP wrapper: checkpoint keys never carry "module."."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _rng_object(parallel):

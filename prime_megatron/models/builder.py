@@ -138,3 +138,11 @@ def _check_frozen(model, what: str) -> None:
     if any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"{what}: only frozen models (build_model(trainable=False)) may be moved; "
                          "a trainable model's optimizer holds references to its parameters")
+
+
+def unwrap_model(model):
+    """The GPTModel inside megatron's DDP / Float16Module wrappers (both keep it in `.module`);
+    checkpoint keys, the output layer and the real vocabulary size live on it."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model

@@ -42,6 +42,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from prime_megatron.models.builder import unwrap_model
 from prime_megatron.rollout.types import Sample, SamplingParams, check_prompts
 
 
@@ -90,6 +91,8 @@ class MegatronNativeEngine:
     def __init__(self, model, *, parallel, arch, max_batch_size: int = 64, kv_cache: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        # Generation runs without gradients, so DDP's hooks are not needed; with bf16 parameters
+        # the bare model computes in bf16 as the wrapper would, and logits are upcast to fp32.
         self.model, self.parallel, self.arch = unwrap_model(model), parallel, arch
         self.max_batch_size = max_batch_size
         self.kv_cache = kv_cache and _static_context_class() is not None
@@ -208,15 +211,6 @@ class MegatronNativeEngine:
         parts: list = [None] * self.parallel.dp
         dist.all_gather_object(parts, mine, group=self.parallel.dp_group)
         return [s for part in parts for s in part]
-
-
-def unwrap_model(model):
-    """The GPTModel inside megatron's DDP / Float16Module wrappers (both keep it in `.module`).
-    Generation runs without gradients, so DDP's hooks are not needed; with bf16 parameters
-    the bare model computes in bf16 as the wrapper would, and logits are upcast to fp32 here."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def _static_context_class():

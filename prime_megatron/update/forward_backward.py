@@ -37,6 +37,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
+from prime_megatron.models.builder import unwrap_model
 from prime_megatron.models.logprobs import compute_token_logprobs
 from prime_megatron.parallel import ParallelState
 from prime_megatron.update.batch import SequenceBatch
@@ -133,7 +134,7 @@ def _forward_step(data_iterator, model, *, on_logits, hidden_only=False):
 def _output_layer_passthrough(model):
     """Make GPTModel return its final hidden states [b, L, H] instead of logits, for the fused
     log-prob kernels that apply the output layer themselves (state-dict keys are unchanged)."""
-    layer = _unwrap(model).output_layer
+    layer = unwrap_model(model).output_layer
     layer.forward = lambda hidden_states, *args, **kwargs: (hidden_states, None)
     try:
         yield
@@ -142,7 +143,7 @@ def _output_layer_passthrough(model):
 
 
 def _output_weight(model):
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     if inner.share_embeddings_and_output_weights:
         return inner.shared_embedding_or_output_weight()
     return inner.output_layer.weight
@@ -175,15 +176,9 @@ def _score_fused(hidden, targets, *, weight, impl, tp_group, with_entropy):
                                         with_entropy=with_entropy)
 
 
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def _real_vocab_size(model):
     """Unpadded vocab recorded by build_model; None counts the whole (padded) vocabulary."""
-    return getattr(_unwrap(model), "prime_vocab_size", None)
+    return getattr(unwrap_model(model), "prime_vocab_size", None)
 
 
 def _run_schedule(model, plans, on_logits, *, forward_only, hidden_only=False):

@@ -29,6 +29,7 @@ from prime_megatron.checkpoint.hf_mapping import (
     to_global_name,
     tp_split_dim,
 )
+from prime_megatron.models.builder import unwrap_model
 
 
 def stage_layer_offset(model) -> int:
@@ -55,8 +56,7 @@ def iter_hf_tensors(model, *, parallel, arch) -> Iterator[tuple[str, torch.Tenso
     """
     if parallel.dp_rank != 0:
         return
-    while hasattr(model, "module"):  # megatron DDP / Float16Module wrappers: names without "module."
-        model = model.module
+    model = unwrap_model(model)  # names without "module."
     offset = stage_layer_offset(model)
     for local_name, param in model.named_parameters():
         name = to_global_name(local_name, offset)
