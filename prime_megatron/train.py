@@ -183,7 +183,11 @@ def train(cfg, *, resume: bool = False) -> None:
 def evaluate(run: Run) -> float:
     params = C.sampling_params(run.cfg, run.tokenizer, temperature=run.cfg.trainer.eval_temperature, n=1,
                                seed=run.cfg.trainer.seed)
-    return compute_heldout_accuracy(run.engine, run.val, run.scorer, params)
+    run.engine.wake()  # a colocated engine sleeps while the models train
+    try:
+        return compute_heldout_accuracy(run.engine, run.val, run.scorer, params)
+    finally:
+        run.engine.sleep()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
