@@ -99,14 +99,20 @@ def _check_ground_truth(value: Any, kind: VerifierKind, fail_gt) -> Any:
         fail_gt(f"valid JSON test cases ({err.msg} at char {err.pos})", value[:80])
 
 
-def parse_record(raw: Any, *, file: str, row: int, prompt_key: str = "prompt",
-                 ability_key: str = "ability", data_source_key: str = "data_source") -> PromptRecord:
-    """Validate one raw record (a mapping) and return it typed; raise DataFormatError otherwise."""
+def field_failure(file: str, row: int):
+    """fail_at(field)(expected, got) raises a DataFormatError naming file, row and field."""
 
     def fail_at(name: str):
         def fail(expected: str, got: Any) -> None:
             raise DataFormatError(file, row, name, f"expected {expected}, got {_short(got)}")
         return fail
+    return fail_at
+
+
+def parse_record(raw: Any, *, file: str, row: int, prompt_key: str = "prompt",
+                 ability_key: str = "ability", data_source_key: str = "data_source") -> PromptRecord:
+    """Validate one raw record (a mapping) and return it typed; raise DataFormatError otherwise."""
+    fail_at = field_failure(file, row)
 
     if not isinstance(raw, dict):
         fail_at("<record>")("a mapping", raw)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prime_megatron.data.loader import encode_chat_prompt, read_raw_rows
-from prime_megatron.data.schema import DataFormatError, check_messages
+from prime_megatron.data.schema import DataFormatError, check_messages, field_failure
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,7 @@ class SFTExample:
 
 
 def _parse_pair(raw: Any, *, file: str, row: int) -> tuple[tuple[dict, ...], str]:
-    def fail(name: str):
-        def inner(expected: str, got: Any) -> None:
-            raise DataFormatError(file, row, name, f"expected {expected}, got {got!r}")
-        return inner
-
+    fail = field_failure(file, row)
     if not isinstance(raw, dict):
         fail("<record>")("a mapping", raw)
     if raw.get("prompt") is None:
